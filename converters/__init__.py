@@ -1,0 +1,1 @@
+"""TOML recipes shipped with sj-realspike (see ``SpikeConfig.from_file``)."""

@@ -1,0 +1,100 @@
+"""The learnable spike amplitude inserted after each converted neuron."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn as nn
+from spikingjelly.activation_based import base
+
+from .config import Granularity
+
+__all__ = ["Amplitude", "amplitude_shape", "amplitude_parameters"]
+
+
+def amplitude_shape(feature_shape: tuple[int, ...], granularity: Granularity) -> tuple[int, ...]:
+    """Shape of ``a`` for one sample's feature shape (``(C, H, W)`` or ``(F,)``).
+
+    layer → ``()``; channel → ``(C, 1, …)``; element → the whole feature shape.
+    Trailing alignment makes the same ``a`` broadcast over ``[N, …]`` and ``[T, N, …]``.
+    """
+    if granularity == "layer" or not feature_shape:
+        return ()
+    if granularity == "channel":
+        return (feature_shape[0],) + (1,) * (len(feature_shape) - 1)
+    return tuple(feature_shape)
+
+
+class _ScaleSpikes(torch.autograd.Function):
+    """``o = a ⊙ s`` that keeps ``s`` for backward as int8.
+
+    Spikes are exactly {0, 1} or {−1, 0, 1}, so the int8 copy is lossless and costs a
+    quarter of the float tensor a plain ``Mul`` would keep alive (the output ``a ⊙ s``
+    is kept by the next synapse anyway).
+    """
+
+    @staticmethod
+    def forward(ctx, spikes: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        if ctx.needs_input_grad[1]:
+            ctx.save_for_backward(spikes.to(torch.int8), a)
+        else:
+            ctx.save_for_backward(None, a)
+        return spikes * a
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        spikes_i8, a = ctx.saved_tensors
+        grad_spikes = grad_out * a if ctx.needs_input_grad[0] else None
+        grad_a = None
+        if ctx.needs_input_grad[1]:
+            grad_a = (grad_out * spikes_i8.to(grad_out.dtype)).sum_to_size(a.shape)
+        return grad_spikes, grad_a
+
+
+class Amplitude(nn.Module, base.StepModule):
+    """Learnable amplitude ``a`` applied to a neuron's spikes: ``o = a ⊙ s``.
+
+    Stateless and shared across time steps; works in both step modes because ``a``
+    broadcasts over the leading ``[T, N]`` or ``[N]`` dimensions. It is a
+    ``StepModule`` only so every SpikingJelly-aware tracer keeps it a leaf.
+
+    Args:
+        shape: shape of ``a`` (see `amplitude_shape`).
+        granularity: ``"layer"``, ``"channel"`` or ``"element"`` (recorded for reports and fold).
+        init: initial value of every entry of ``a``.
+        spike: ``"real"`` or ``"ternary"``: which spike values ``s`` takes.
+    """
+
+    def __init__(self, shape: tuple[int, ...], granularity: Granularity, init: float = 1.0,
+                 spike: str = "real") -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.full(shape, float(init)))
+        self.granularity = granularity
+        self.spike = spike
+        self._step_mode = "s"
+
+    def forward(self, spikes: torch.Tensor) -> torch.Tensor:
+        a = self.a if self.a.dtype == spikes.dtype else self.a.to(spikes.dtype)
+        if torch.is_grad_enabled() and (spikes.requires_grad or a.requires_grad):
+            return _ScaleSpikes.apply(spikes, a)
+        return spikes * a
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.a.shape)}, granularity={self.granularity}, spike={self.spike}"
+
+
+def amplitude_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """The amplitude parameters of a converted model.
+
+    Use them as their own optimizer group, without weight decay, as the authors do::
+
+        amps = set(map(id, rs.amplitude_parameters(model)))
+        opt = torch.optim.SGD([
+            {"params": [p for p in model.parameters() if id(p) not in amps]},
+            {"params": list(rs.amplitude_parameters(model)), "weight_decay": 0.0},
+        ], lr=0.1, weight_decay=5e-4)
+    """
+    for m in model.modules():
+        if isinstance(m, Amplitude):
+            yield m.a

@@ -1,0 +1,255 @@
+"""Which neurons get which spike kind and amplitude granularity.
+
+`SpikeConfig` follows torch.ao's ``QConfigMapping``: chained setters, and a fixed
+precedence ``global < type < regex < name``. A rule maps to a `SpikeSpec` or to
+``None``, which leaves the matching neurons untouched. Fields a spec leaves as
+``None`` are inherited from the arguments of `convert_model`.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union, get_args
+
+import torch.nn as nn
+
+from .errors import ConfigError
+
+__all__ = ["SpikeKind", "Granularity", "SpikeSpec", "SpikeConfig", "RuleSource", "shipped_recipes"]
+
+SpikeKind = Literal["real", "ternary"]
+Granularity = Literal["layer", "channel", "element"]
+RuleSource = Literal["default", "global", "type", "regex", "name"]
+
+_SPIKE_KINDS = get_args(SpikeKind)
+_GRANULARITIES = get_args(Granularity)
+
+
+@dataclass(frozen=True)
+class SpikeSpec:
+    """What to do with one neuron: spike kind, amplitude granularity and initial amplitude.
+
+    Any field left ``None`` is taken from `convert_model`'s arguments.
+    """
+
+    spike: SpikeKind | None = None
+    granularity: Granularity | None = None
+    init: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.spike is not None and self.spike not in _SPIKE_KINDS:
+            raise ConfigError(f"spike must be one of {_SPIKE_KINDS}, got {self.spike!r}")
+        if self.granularity is not None and self.granularity not in _GRANULARITIES:
+            raise ConfigError(
+                f"granularity must be one of {_GRANULARITIES}, got {self.granularity!r}"
+            )
+        if self.init is not None and not isinstance(self.init, (int, float)):
+            raise ConfigError(f"init must be a number, got {self.init!r}")
+
+    def filled(self, default: SpikeSpec) -> SpikeSpec:
+        """This spec with its unset fields taken from ``default``."""
+        return replace(
+            self,
+            **{f.name: getattr(default, f.name) for f in fields(self) if getattr(self, f.name) is None},
+        )
+
+
+Rule = Union[SpikeSpec, None]
+
+
+def _type_name(t: type) -> str:
+    return t.__name__
+
+
+class SpikeConfig:
+    """Per-neuron spike settings with precedence ``global < type < regex < name``.
+
+    Example:
+        >>> cfg = (SpikeConfig()
+        ...        .set_global(SpikeSpec(granularity="channel"))
+        ...        .set_type(neuron.LIFNode, SpikeSpec(spike="ternary"))
+        ...        .set_name_regex(r"layer4\\.", SpikeSpec(granularity="element"))
+        ...        .set_name("sn1", None))          # leave the stem neuron binary
+
+    Types match by class, walking the MRO so a rule for ``LIFNode`` also covers its
+    subclasses (the most derived rule wins); a type may also be given by its class
+    name, as recipes do. Regexes match module names from the start (``re.match``);
+    the first registered regex that matches wins. Names are fx module targets such
+    as ``"layer1.0.sn1"``.
+    """
+
+    _UNSET = object()
+
+    def __init__(self) -> None:
+        self._global: Any = self._UNSET
+        self._types: dict[str, Rule] = {}
+        self._regexes: list[tuple[re.Pattern[str], Rule]] = []
+        self._names: dict[str, Rule] = {}
+
+    def set_global(self, spec: Rule) -> SpikeConfig:
+        """Rule for every neuron no other rule matches (``None``: leave them all alone)."""
+        self._global = self._check(spec)
+        return self
+
+    def set_type(self, neuron_type: type[nn.Module] | str, spec: Rule) -> SpikeConfig:
+        """Rule for neurons of this class (or class name) and its subclasses."""
+        key = neuron_type if isinstance(neuron_type, str) else _type_name(neuron_type)
+        self._types[key] = self._check(spec)
+        return self
+
+    def set_name_regex(self, pattern: str, spec: Rule) -> SpikeConfig:
+        """Rule for neurons whose module name matches ``pattern`` (``re.match``)."""
+        try:
+            compiled = re.compile(pattern)
+        except re.error as e:
+            raise ConfigError(f"invalid name regex {pattern!r}: {e}") from None
+        self._regexes.append((compiled, self._check(spec)))
+        return self
+
+    def set_name(self, name: str, spec: Rule) -> SpikeConfig:
+        """Rule for the neuron with exactly this module name (the strongest rule)."""
+        self._names[name] = self._check(spec)
+        return self
+
+    @staticmethod
+    def _check(spec: Rule) -> Rule:
+        if spec is not None and not isinstance(spec, SpikeSpec):
+            raise ConfigError(f"a rule must be a SpikeSpec or None, got {type(spec).__name__}")
+        return spec
+
+    def resolve(self, name: str, module: nn.Module, default: SpikeSpec) -> tuple[SpikeSpec | None, RuleSource]:
+        """The spec for one neuron (``None``: leave it alone) and which rule decided it."""
+        if name in self._names:
+            return self._fill(self._names[name], default), "name"
+        for pattern, spec in self._regexes:
+            if pattern.match(name):
+                return self._fill(spec, default), "regex"
+        for cls in type(module).__mro__:
+            if cls.__name__ in self._types:
+                return self._fill(self._types[cls.__name__], default), "type"
+        if self._global is not self._UNSET:
+            return self._fill(self._global, default), "global"
+        return default, "default"
+
+    @staticmethod
+    def _fill(spec: Rule, default: SpikeSpec) -> SpikeSpec | None:
+        return None if spec is None else spec.filled(default)
+
+    # ------------------------------------------------------------------ TOML
+    @classmethod
+    def from_file(cls, path: str | Path) -> SpikeConfig:
+        """Load a TOML recipe: a file path, or the name of a recipe shipped in ``converters/``.
+
+        Format (every table optional; ``skip = true`` means ``None``)::
+
+            [global]
+            spike = "real"
+            granularity = "channel"
+            [types.LIFNode]
+            spike = "ternary"
+            [[regex]]
+            pattern = "^layer4\\\\."
+            granularity = "element"
+            [names."sn1"]
+            skip = true
+
+        Raises:
+            ConfigError: unknown key, bad value, or a recipe that does not exist.
+        """
+        p = Path(path)
+        if not p.is_file():
+            shipped = shipped_recipes()
+            stem = p.name.removesuffix(".toml")
+            if p.parent == Path(".") and stem in shipped:
+                p = shipped[stem]
+            else:
+                raise ConfigError(
+                    f"recipe {str(path)!r} is neither a file nor a shipped recipe "
+                    f"(shipped: {', '.join(sorted(shipped)) or 'none'})"
+                )
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"recipe {p}: not valid TOML: {e}") from None
+        return cls.from_dict(data, source=str(p))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> SpikeConfig:
+        """Build a config from the parsed TOML structure documented in `from_file`."""
+        unknown = set(data) - {"global", "types", "regex", "names", "description"}
+        if unknown:
+            raise ConfigError(
+                f"recipe {source}: unknown top-level key(s) {sorted(unknown)}; "
+                "expected global, types, regex, names, description"
+            )
+        cfg = cls()
+        if "global" in data:
+            cfg.set_global(_rule_from_table(data["global"], f"{source} [global]"))
+        for type_name, table in data.get("types", {}).items():
+            cfg.set_type(type_name, _rule_from_table(table, f"{source} [types.{type_name}]"))
+        for i, table in enumerate(data.get("regex", [])):
+            where = f"{source} [[regex]] #{i + 1}"
+            if not isinstance(table, dict) or "pattern" not in table:
+                raise ConfigError(f"recipe {where}: each [[regex]] entry needs a 'pattern'")
+            table = dict(table)
+            pattern = table.pop("pattern")
+            cfg.set_name_regex(pattern, _rule_from_table(table, where))
+        for name, table in data.get("names", {}).items():
+            cfg.set_name(name, _rule_from_table(table, f"{source} [names.{name}]"))
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML-shaped structure that `from_dict` reads back (for bundles and reports)."""
+        out: dict[str, Any] = {}
+        if self._global is not self._UNSET:
+            out["global"] = _rule_to_table(self._global)
+        if self._types:
+            out["types"] = {k: _rule_to_table(v) for k, v in self._types.items()}
+        if self._regexes:
+            out["regex"] = [{"pattern": p.pattern, **_rule_to_table(v)} for p, v in self._regexes]
+        if self._names:
+            out["names"] = {k: _rule_to_table(v) for k, v in self._names.items()}
+        return out
+
+    def __repr__(self) -> str:
+        return f"SpikeConfig({self.to_dict()!r})"
+
+
+def _rule_from_table(table: Any, where: str) -> Rule:
+    if not isinstance(table, dict):
+        raise ConfigError(f"recipe {where}: expected a table, got {table!r}")
+    unknown = set(table) - {"spike", "granularity", "init", "skip"}
+    if unknown:
+        raise ConfigError(
+            f"recipe {where}: unknown key(s) {sorted(unknown)}; expected spike, granularity, init, skip"
+        )
+    if table.get("skip", False):
+        if len(table) > 1:
+            raise ConfigError(f"recipe {where}: 'skip = true' cannot be combined with other keys")
+        return None
+    try:
+        return SpikeSpec(
+            spike=table.get("spike"), granularity=table.get("granularity"), init=table.get("init")
+        )
+    except ConfigError as e:
+        raise ConfigError(f"recipe {where}: {e}") from None
+
+
+def _rule_to_table(rule: Rule) -> dict[str, Any]:
+    if rule is None:
+        return {"skip": True}
+    return {f.name: getattr(rule, f.name) for f in fields(rule) if getattr(rule, f.name) is not None}
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Recipes installed with the package, by name (file stem)."""
+    root = resources.files("sj_realspike.converters")
+    return {
+        Path(entry.name).stem: Path(str(entry))
+        for entry in root.iterdir()
+        if entry.name.endswith(".toml")
+    }

@@ -1,0 +1,147 @@
+"""`fold`: amplitudes and BatchNorm folded into synapse weights → a binary/ternary deploy model."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from spikingjelly.activation_based import base, functional
+
+from .flow import follow_amplitudes
+from .neurons import is_neuron, is_ternary
+from .report import META_KEY, FoldReport
+from .tracing import trace
+from .weights import fuse_conv_bn_weights, fuse_linear_bn_weights
+
+__all__ = ["fold", "fuse_batchnorm"]
+
+
+def fold(model: nn.Module, *, inplace: bool = False) -> fx.GraphModule:
+    """The deploy model: every neuron emits {0,1} or {−1,0,1}, amplitudes live in the weights.
+
+    BatchNorm is first fused into the conv/linear before it, then each amplitude is
+    pushed through the ops between its neuron and the synapses that consume it
+    (reshape, pooling, residual additions) and folded into those synapses' weights;
+    see `sj_realspike.flow` for the rules. All weight math runs in float64 and is
+    cast back once. The result computes the trained model's eval-mode function.
+
+    Max pooling is folded only where the amplitudes before it are non-negative; a
+    negative one raises (``max(a·s) = a·min(s)`` has no binary max-pool form).
+
+    Args:
+        model: a model from `convert_model` (possibly trained), or any SpikingJelly
+            network (then only BatchNorm is fused). A ``DistributedDataParallel``
+            wrapper must be unwrapped first (``model.module``).
+        inplace: fold ``model`` itself instead of a deep copy.
+
+    Returns:
+        The deploy ``GraphModule`` in eval mode with neuron state reset; `fold_report`
+        describes it. Folding a deploy model again returns an equal model.
+
+    Raises:
+        UnsupportedPatternError: an amplitude cannot be folded exactly (names the node).
+    """
+    gm = model if inplace else copy.deepcopy(model)
+    if not isinstance(gm, fx.GraphModule):
+        gm = trace(gm)
+    dtype = next((p.dtype for p in gm.parameters() if p.is_floating_point()), torch.float32)
+    before = sum(p.numel() for p in gm.parameters())
+    gm.eval()
+    functional.reset_net(gm)
+
+    report = FoldReport(parameters_before=before)
+    # Weights stay float64 until the very end: BN and amplitude factors round once.
+    report.fused_batchnorms = fuse_batchnorm(gm, dtype=torch.float64)
+    _, stats = follow_amplitudes(gm, rewrite=True)
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    gm.to(dtype)
+
+    modules = dict(gm.named_modules())
+    report.neurons = {
+        n.target: "ternary" if is_ternary(modules[n.target]) else "binary"
+        for n in gm.graph.nodes if n.op == "call_module" and is_neuron(modules[n.target])
+    }
+    report.scaled_synapses = stats.scaled_synapses
+    report.unshared_convs = stats.unshared_convs
+    report.merged_linears = stats.merged_linears
+    report.diagonal_synapses = stats.diagonal_synapses
+    report.parameters_after = sum(p.numel() for p in gm.parameters())
+    previous = getattr(gm, "meta", {}).get(META_KEY, {})
+    gm.meta[META_KEY] = {**previous, "stage": "deploy", "fold": report}
+    return gm
+
+
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def fuse_batchnorm(gm: fx.GraphModule, dtype: torch.dtype | None = None) -> list[str]:
+    """Fuse every eval-mode BatchNorm into the conv/linear whose only consumer it is (in place).
+
+    SpikingJelly's ``conv_bn_fusion`` does the same in float32 by re-tracing; this
+    keeps the fused weights in ``dtype`` (float64 during fold) and also fuses
+    Linear + BatchNorm1d where BN normalizes the linear's output features.
+
+    Returns:
+        Names of the fused BatchNorm modules.
+    """
+    modules = dict(gm.named_modules())
+    calls: dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            calls[n.target] = calls.get(n.target, 0) + 1
+    fused = []
+    for bn_node in list(gm.graph.nodes):
+        if bn_node.op != "call_module" or not isinstance(modules[bn_node.target], _BN_TYPES):
+            continue
+        syn_node = bn_node.args[0] if bn_node.args else None
+        if not (isinstance(syn_node, fx.Node) and syn_node.op == "call_module" and len(syn_node.users) == 1
+                and calls[syn_node.target] == 1 and calls[bn_node.target] == 1):
+            continue
+        syn, bn = modules[syn_node.target], modules[bn_node.target]
+        if not isinstance(syn, (*_CONV_TYPES, nn.Linear)) or bn.running_mean is None:
+            continue
+        if not _normalizes_output_features(syn, bn, syn_node):
+            continue
+        new = copy.deepcopy(syn)
+        w = syn.weight.detach().to(dtype or syn.weight.dtype)
+        b = syn.bias.detach().to(w.dtype) if syn.bias is not None else None
+        stats = [t.detach().to(w.dtype) if t is not None else None
+                 for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias)]
+        mean, var, gamma, beta = stats
+        if gamma is None:
+            gamma = torch.ones_like(mean)
+        if beta is None:
+            beta = torch.zeros_like(mean)
+        fuse = fuse_linear_bn_weights if isinstance(syn, nn.Linear) else fuse_conv_bn_weights
+        new.weight, new.bias = fuse(w, b, mean, var, bn.eps, gamma, beta)
+        parent, _, name = syn_node.target.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, name, new)
+        modules[syn_node.target] = new
+        bn_node.replace_all_uses_with(syn_node)
+        gm.graph.erase_node(bn_node)
+        fused.append(bn_node.target)
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return fused
+
+
+def _normalizes_output_features(syn: nn.Module, bn: nn.Module, syn_node: fx.Node) -> bool:
+    """Whether ``bn`` normalizes exactly the output channels/features of ``syn``."""
+    out_features = syn.out_features if isinstance(syn, nn.Linear) else syn.out_channels
+    if bn.num_features != out_features:
+        return False
+    meta = syn_node.meta.get("tensor_meta")
+    ndim = len(meta.shape) if meta is not None else None
+    bn_multi = isinstance(bn, base.StepModule) and bn.step_mode == "m"
+    bn_channel_dim = 2 if bn_multi else 1
+    syn_multi = isinstance(syn, base.StepModule) and syn.step_mode == "m"
+    if isinstance(syn, nn.Linear):
+        # BN must normalize the last dim: [N, F] ('s') or [T, N, F] ('m').
+        return ndim is not None and ndim - 1 == bn_channel_dim
+    return bn_multi == syn_multi

@@ -1,0 +1,120 @@
+"""What each fx node does, as far as scaled spikes are concerned."""
+
+from __future__ import annotations
+
+import enum
+import operator
+import numbers
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from spikingjelly.activation_based import layer
+
+from .amplitude import Amplitude
+from .neurons import is_neuron
+
+__all__ = ["OpKind", "classify", "describe", "scalar_factor"]
+
+
+class OpKind(enum.Enum):
+    AMPLITUDE = "amplitude"
+    NEURON = "neuron"  # a membrane: scaled spikes arriving here need a synapse of weight a
+    CONV = "conv"
+    LINEAR = "linear"
+    RESHAPE = "reshape"  # flatten / view / reshape: linear, moves features around
+    AVGPOOL = "avgpool"  # linear, channel-preserving
+    MAXPOOL = "maxpool"  # commutes with non-negative per-channel scaling only
+    IDENTITY = "identity"  # dropout (identity at inference), nn.Identity
+    SCALAR = "scalar"  # multiply / divide by a Python number
+    ADD = "add"
+    SHAPE = "shape"  # reads a shape, not values
+    OUTPUT = "output"
+    OTHER = "other"
+
+
+_RESHAPE_FUNCS = {torch.flatten, torch.reshape}
+_RESHAPE_METHODS = {"flatten", "view", "reshape"}
+_AVGPOOL_FUNCS = {F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d}
+_MAXPOOL_FUNCS = {F.max_pool1d, F.max_pool2d}
+_ADD_FUNCS = {operator.add, operator.iadd, torch.add}
+_MUL_FUNCS = {operator.mul, operator.imul, torch.mul}
+_DIV_FUNCS = {operator.truediv, operator.itruediv, torch.div}
+
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, layer.Dropout, layer.Dropout2d)
+
+
+def classify(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
+    """The role of ``node`` when one of its inputs carries scaled spikes."""
+    if node.op == "output":
+        return OpKind.OUTPUT
+    if node.op == "call_module":
+        m = modules[node.target]
+        if isinstance(m, Amplitude):
+            return OpKind.AMPLITUDE
+        if is_neuron(m):
+            return OpKind.NEURON
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            return OpKind.CONV
+        if isinstance(m, nn.Linear):
+            return OpKind.LINEAR
+        if isinstance(m, nn.Flatten):
+            return OpKind.RESHAPE
+        if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+            return OpKind.AVGPOOL
+        if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
+            return OpKind.MAXPOOL if not m.return_indices else OpKind.OTHER
+        if isinstance(m, _DROPOUT):
+            return OpKind.IDENTITY
+        return OpKind.OTHER
+    if node.op == "call_function":
+        t = node.target
+        if t in _RESHAPE_FUNCS:
+            return OpKind.RESHAPE
+        if t in _AVGPOOL_FUNCS:
+            return OpKind.AVGPOOL
+        if t in _MAXPOOL_FUNCS and not node.kwargs.get("return_indices", False):
+            return OpKind.MAXPOOL
+        if t in _ADD_FUNCS and "alpha" not in node.kwargs:
+            return OpKind.ADD
+        if (t in _MUL_FUNCS or t in _DIV_FUNCS) and scalar_factor(node) is not None:
+            return OpKind.SCALAR
+        if t is getattr and node.args[1] in ("shape", "ndim", "dtype", "device"):
+            return OpKind.SHAPE
+        if t in (F.dropout, F.dropout2d):
+            return OpKind.IDENTITY
+        return OpKind.OTHER
+    if node.op == "call_method":
+        t = node.target
+        if t in _RESHAPE_METHODS:
+            return OpKind.RESHAPE
+        if t == "add" and "alpha" not in node.kwargs:
+            return OpKind.ADD
+        if t in ("mul", "div") and scalar_factor(node) is not None:
+            return OpKind.SCALAR
+        if t in ("size", "dim"):
+            return OpKind.SHAPE
+        return OpKind.OTHER
+    return OpKind.OTHER
+
+
+def scalar_factor(node: fx.Node) -> float | None:
+    """For ``x * c``, ``c * x`` or ``x / c`` with a Python number ``c``: the factor on ``x``."""
+    if len(node.args) != 2 or node.kwargs:
+        return None
+    a, b = node.args
+    is_div = node.target in _DIV_FUNCS or node.target == "div"
+    if isinstance(b, numbers.Real) and isinstance(a, fx.Node):
+        return 1.0 / float(b) if is_div else float(b)
+    if isinstance(a, numbers.Real) and isinstance(b, fx.Node) and not is_div:
+        return float(a)
+    return None
+
+
+def describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    """A short human description such as ``'layer1.0.conv1' (Conv2d)`` or ``'mul' (mul)``."""
+    if node.op == "call_module":
+        return f"'{node.name}' ({type(modules[node.target]).__name__})"
+    target = getattr(node.target, "__name__", str(node.target))
+    return f"'{node.name}' ({target})"

@@ -1,0 +1,123 @@
+"""Readable records of what convert and fold did to each neuron."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.fx as fx
+import torch.nn as nn
+
+__all__ = ["ConvertedNeuron", "SkippedNeuron", "ConversionReport", "FoldReport", "conversion_report",
+           "fold_report", "format_table"]
+
+META_KEY = "sj_realspike"
+
+
+def format_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A plain-text table with aligned columns."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class ConvertedNeuron:
+    node: str
+    module: str
+    neuron: str  # class after conversion (e.g. TernaryLIFNode)
+    spike: str
+    granularity: str
+    amplitude_shape: tuple[int, ...]
+    rule: str  # which config rule selected it: default/global/type/regex/name
+
+
+@dataclass(frozen=True)
+class SkippedNeuron:
+    node: str
+    module: str
+    neuron: str
+    reason: str
+
+
+@dataclass
+class ConversionReport:
+    """Which neurons got which amplitude, which were skipped (and why), which were left alone."""
+
+    converted: list[ConvertedNeuron] = field(default_factory=list)
+    skipped: list[SkippedNeuron] = field(default_factory=list)
+    untouched: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        parts = [f"converted {len(self.converted)} neuron(s), skipped {len(self.skipped)}, "
+                 f"left alone by config {len(self.untouched)}"]
+        if self.converted:
+            parts.append(format_table(
+                ["neuron", "type", "spike", "granularity", "amplitude", "rule"],
+                [[c.module, c.neuron, c.spike, c.granularity, "x".join(map(str, c.amplitude_shape)) or "scalar",
+                  c.rule] for c in self.converted]))
+        if self.skipped:
+            parts.append("skipped (amplitude could never be folded exactly):")
+            parts.append(format_table(["neuron", "type", "reason"],
+                                      [[s.module, s.neuron, s.reason] for s in self.skipped]))
+        if self.untouched:
+            parts.append("left alone by config: " + ", ".join(self.untouched))
+        return "\n".join(parts)
+
+
+@dataclass
+class FoldReport:
+    """What fold produced: spike values per neuron and how the synapses grew."""
+
+    neurons: dict[str, str] = field(default_factory=dict)  # module -> "binary" | "ternary"
+    fused_batchnorms: list[str] = field(default_factory=list)
+    scaled_synapses: list[str] = field(default_factory=list)
+    unshared_convs: list[str] = field(default_factory=list)
+    merged_linears: list[str] = field(default_factory=list)
+    diagonal_synapses: list[str] = field(default_factory=list)
+    parameters_before: int = 0
+    parameters_after: int = 0
+
+    @property
+    def parameter_growth(self) -> float:
+        """Deploy parameters over trained parameters (>1 when element-wise folds unshare kernels)."""
+        return self.parameters_after / max(self.parameters_before, 1)
+
+    def __str__(self) -> str:
+        kinds = sorted(set(self.neurons.values()))
+        rows = [
+            ["neurons", f"{len(self.neurons)} ({', '.join(kinds) or 'none'})"],
+            ["BatchNorms fused", len(self.fused_batchnorms)],
+            ["synapses with folded amplitudes", len(self.scaled_synapses)],
+            ["unshared (locally connected) convs", len(self.unshared_convs)],
+            ["pooling+linear merged into one linear", len(self.merged_linears)],
+            ["diagonal synapses into membranes", len(self.diagonal_synapses)],
+            ["parameters trained -> deploy",
+             f"{self.parameters_before:,} -> {self.parameters_after:,} ({self.parameter_growth:.2f}x)"],
+        ]
+        return format_table(["fold", "result"], rows)
+
+
+def _meta(model: nn.Module) -> dict[str, Any]:
+    if isinstance(model, fx.GraphModule):
+        return model.meta.get(META_KEY, {})
+    return {}
+
+
+def conversion_report(model: nn.Module) -> ConversionReport:
+    """The report `convert_model` attached to ``model`` (raises if it is not converted)."""
+    report = _meta(model).get("conversion")
+    if report is None:
+        raise ValueError("this model was not produced by sj_realspike.convert_model")
+    return report
+
+
+def fold_report(model: nn.Module) -> FoldReport:
+    """The report `fold` attached to a deploy model (raises if it is not folded)."""
+    report = _meta(model).get("fold")
+    if report is None:
+        raise ValueError("this model was not produced by sj_realspike.fold")
+    return report
