@@ -132,6 +132,8 @@ def convert_model(
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
+    # reset_net caches the modules it resets per network; neurons were swapped since.
+    functional.invalidate_reset_cache(gm)
     functional.reset_net(gm)
     gm.train(net.training)
     gm.meta[META_KEY] = {

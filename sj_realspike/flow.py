@@ -265,7 +265,7 @@ class _Walker:
                             f"element-wise amplitude passes {describe(t.deferred[0], self.modules)} before conv "
                             f"{describe(node, self.modules)}; pooling mixes positions, so no conv kernel can absorb it",
                             "Use channel granularity for this neuron (only a Linear layer can absorb pooled element-wise amplitudes)")
-            if not conv and t.scale.dim() > 1:
+            if not conv and not t.deferred and t.scale.dim() > 1:
                 self._block(node, [node.args[0]],
                             f"{describe(node, self.modules)} acts on the last dim of a {len(t.shape)}-d tensor, "
                             "so the amplitude is not a per-input-column factor",

@@ -59,6 +59,9 @@ def fold(model: nn.Module, *, inplace: bool = False) -> fx.GraphModule:
     gm.delete_all_unused_submodules()
     gm.recompile()
     gm.to(dtype)
+    # reset_net caches the modules it resets per network; the graph changed since.
+    functional.invalidate_reset_cache(gm)
+    functional.reset_net(gm)
 
     modules = dict(gm.named_modules())
     report.neurons = {

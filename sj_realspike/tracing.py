@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -48,8 +50,19 @@ def propagate_shapes(gm: fx.GraphModule, example_input: torch.Tensor) -> None:
     """
     modes = {m: m.training for m in gm.modules()}
     gm.eval()
+    functional.reset_net(gm)
     try:
         ShapeProp(gm).propagate(example_input)
+    except Exception as e:
+        cause = e.__cause__ or e
+        where = re.search(r"node=%(\w+)", str(e))
+        raise UnsupportedPatternError(
+            where.group(1) if where else "example_input",
+            f"running example_input of shape {tuple(example_input.shape)} through the model failed here "
+            f"({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else 'no message'})",
+            "Pass a batch shaped like a training batch: [T, N, ...] for multi-step ('m') models, "
+            "[N, ...] for single-step ('s') ones",
+        ) from e
     finally:
         for m, training in modes.items():
             m.training = training

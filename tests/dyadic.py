@@ -1,0 +1,185 @@
+"""Dyadic models: every fp32 operation is exact, so an exact fold gives identical outputs.
+
+Spiking thresholds turn rounding noise into chaos, so tolerance tests on random
+weights prove little. Here weights, BatchNorm parameters (eps=0, running_var a
+power of 4), amplitudes and inputs sit on coarse power-of-two grids: sums of their
+products need far fewer than 24 mantissa bits, so fp32 computes them exactly, in
+any order. A mathematically exact transform must then reproduce the outputs bit
+for bit (max abs diff 0), and any real mistake shows at once.
+
+`make_dyadic` also calibrates firing (BN statistics from a train-mode pass on the
+input, rounded to the grid) so the comparison is not vacuous on silent networks.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from spikingjelly.activation_based import functional, neuron
+
+import sj_realspike as rs
+from sj_realspike.ops import OpKind, classify
+
+__all__ = ["make_dyadic", "dyadic_input", "randomize_amplitudes", "assert_exact_in_fp32", "run",
+           "spike_values", "firing_rate"]
+
+
+def _grid(t: torch.Tensor, step: float, lo: float, hi: float) -> torch.Tensor:
+    return (t / step).round().clamp(lo / step, hi / step) * step
+
+
+def dyadic_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    """Inputs on multiples of 1/4 in [0, 2]."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 9, shape, generator=g).float() / 4
+
+
+def _dyadic_weight(w: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    fan_in = w[0].numel()
+    step = 2.0 ** round(math.log2(1.0 / math.sqrt(fan_in)))  # ~ the default init scale
+    return torch.randint(-2, 3, w.shape, generator=g).float() * step
+
+
+def randomize_amplitudes(model: fx.GraphModule, seed: int = 0, negative: bool = True) -> None:
+    """Amplitudes on multiples of 1/4 in [0.25, 2]; a quarter of the entries negative where legal.
+
+    Negative amplitudes are illegal before max pooling, so amplitudes whose spikes reach
+    a max-pool stay positive.
+    """
+    g = torch.Generator().manual_seed(seed)
+    modules = dict(model.named_modules())
+    before_maxpool = _amplitudes_before_maxpool(model, modules)
+    with torch.no_grad():
+        for node in model.graph.nodes:
+            if node.op == "call_module" and isinstance(modules[node.target], rs.Amplitude):
+                a = modules[node.target].a
+                mag = torch.randint(1, 9, a.shape, generator=g).float() / 4
+                sign = torch.ones(a.shape)
+                if negative and node not in before_maxpool:
+                    sign = torch.where(torch.rand(a.shape, generator=g) < 0.25, -1.0, 1.0)
+                a.copy_(mag * sign)
+
+
+def _amplitudes_before_maxpool(model: fx.GraphModule, modules) -> set[fx.Node]:
+    passing = {OpKind.RESHAPE, OpKind.AVGPOOL, OpKind.IDENTITY, OpKind.SCALAR, OpKind.ADD}
+    found = set()
+    for node in model.graph.nodes:
+        if classify(node, modules) is not OpKind.AMPLITUDE:
+            continue
+        frontier, seen = list(node.users), set()
+        while frontier:
+            u = frontier.pop()
+            if u in seen:
+                continue
+            seen.add(u)
+            kind = classify(u, modules)
+            if kind is OpKind.MAXPOOL:
+                found.add(node)
+            elif kind in passing:
+                frontier.extend(u.users)
+    return found
+
+
+def make_dyadic(model: nn.Module, x: torch.Tensor, seed: int = 0, amplitudes: bool = True,
+                negative: bool = True) -> nn.Module:
+    """Put ``model`` (in place) on the dyadic grid with calibrated firing; returns it in eval mode.
+
+    Conv/linear weights get few-bit values at the default init scale, biases multiples
+    of 1/8; neurons get dyadic time constants (LIF tau=2, PLIF w=0); BatchNorm gets
+    eps=0, statistics from a train-mode pass on ``x`` rounded to the grid (mean to 1/8,
+    var to a power of 4), gamma in [0.5, 2] and beta in [0, 0.5] on 1/8 steps.
+    """
+    g = torch.Generator().manual_seed(seed)
+    if amplitudes and isinstance(model, fx.GraphModule):
+        randomize_amplitudes(model, seed, negative)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+                m.weight.copy_(_dyadic_weight(m.weight, g))
+                if m.bias is not None:
+                    m.bias.copy_(torch.randint(-2, 3, m.bias.shape, generator=g).float() / 8)
+            elif isinstance(m, neuron.ParametricLIFNode) or isinstance(m, rs.TernaryParametricLIFNode):
+                m.w.zero_()  # sigmoid(0) = 0.5 exactly: tau = 2
+            elif isinstance(m, (neuron.LIFNode, neuron.TernaryLIFNode)):
+                m.tau = 2.0
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the calibration pass
+    model.train()
+    with torch.no_grad():
+        model(x)
+    functional.reset_net(model)
+    with torch.no_grad():
+        for bn in bns:
+            bn.eps = 0.0
+            bn.running_mean.copy_(_grid(bn.running_mean, 1 / 8, -64, 64))
+            var = bn.running_var.clamp_min(2.0 ** -12)
+            bn.running_var.copy_(4.0 ** torch.round(torch.log(var) / math.log(4)))
+            bn.weight.copy_(torch.randint(4, 17, bn.weight.shape, generator=g).float() / 8)
+            bn.bias.copy_(torch.randint(0, 5, bn.bias.shape, generator=g).float() / 8)
+    model.eval()
+    return model
+
+
+def run(model: nn.Module, x: torch.Tensor, steps: bool = False) -> torch.Tensor:
+    """Eval forward from reset state, leaving the state reset afterwards.
+
+    ``steps=True`` feeds a single-step ('s') model ``x[t]`` for each ``t`` and stacks the outputs.
+    """
+    functional.reset_net(model)
+    with torch.no_grad():
+        y = torch.stack([model(xt) for xt in x]) if steps else model(x)
+    functional.reset_net(model)
+    return y
+
+
+def assert_exact_in_fp32(model: nn.Module, x: torch.Tensor, steps: bool = False) -> torch.Tensor:
+    """The precondition of every bit-exact test: the fp32 forward equals the fp64 forward."""
+    y32 = run(model, x, steps)
+    m64 = copy.deepcopy(model).double()
+    y64 = run(m64, x.double(), steps)
+    assert torch.equal(y32.double(), y64), (
+        f"model is not dyadic: fp32 and fp64 forwards differ by {(y32.double() - y64).abs().max().item()}")
+    return y32
+
+
+def spike_values(model: nn.Module, x: torch.Tensor, steps: bool = False) -> dict[str, set[float]]:
+    """The set of values each neuron of ``model`` emits on ``x`` (forward hooks)."""
+    values: dict[str, set[float]] = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if rs.neurons.is_neuron(m):
+            hooks.append(m.register_forward_hook(
+                lambda mod, inp, out, name=name: values.setdefault(name, set()).update(out.unique().tolist())))
+    try:
+        run(model, x, steps)
+    finally:
+        for h in hooks:
+            h.remove()
+    return values
+
+
+def firing_rate(model: nn.Module, x: torch.Tensor, steps: bool = False) -> float:
+    """Fraction of non-zero neuron outputs over all neurons and steps."""
+    total, nonzero = 0, 0
+    hooks = []
+
+    def count(mod, inp, out):
+        nonlocal total, nonzero
+        total += out.numel()
+        nonzero += int((out != 0).sum())
+
+    for m in model.modules():
+        if rs.neurons.is_neuron(m):
+            hooks.append(m.register_forward_hook(count))
+    try:
+        run(model, x, steps)
+    finally:
+        for h in hooks:
+            h.remove()
+    return nonzero / max(total, 1)
