@@ -1,0 +1,187 @@
+"""fold(): bit-exact on dyadic models, pure spikes, idempotent, refuses what is not exact."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from spikingjelly.activation_based import functional, layer, neuron
+
+import nets
+import sj_realspike as rs
+from dyadic import assert_exact_in_fp32, firing_rate, make_dyadic, run, spike_values
+
+SPIKE_SETS = {"real": {0.0, 1.0}, "ternary": {-1.0, 0.0, 1.0}}
+
+
+def _check_fold(net: nn.Module, x: torch.Tensor, spike: str, granularity: str, steps: bool = False,
+                negative: bool = True) -> rs.FoldReport:
+    example = x[0] if steps else x
+    model = rs.convert_model(net, example, spike=spike, granularity=granularity)
+    make_dyadic(model, example, negative=negative)
+    expected = assert_exact_in_fp32(model, x, steps)
+    rate = firing_rate(model, x, steps)
+    assert 0.02 < rate < 0.8, f"test net fires at {rate:.3f}: equality would be (nearly) vacuous"
+
+    deploy = rs.fold(model)
+    got = run(deploy, x, steps)
+    assert torch.equal(got, expected), f"max abs diff {(got - expected).abs().max().item()} (must be 0 on dyadic)"
+    # Every neuron of the deploy model emits exactly the spike alphabet of its kind.
+    allowed = SPIKE_SETS[spike]
+    for name, values in spike_values(deploy, x, steps).items():
+        assert values <= allowed, f"{name} emits {sorted(values)}"
+    assert not any(isinstance(m, rs.Amplitude) for m in deploy.modules())
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in deploy.modules())
+    return rs.fold_report(deploy)
+
+
+@pytest.mark.parametrize("granularity", ["layer", "channel", "element"])
+@pytest.mark.parametrize("spike", ["real", "ternary"])
+@pytest.mark.parametrize("step_mode", ["m", "s"])
+@pytest.mark.parametrize("neuron_name", ["IF", "LIF", "PLIF", "LIF-soft"])
+@pytest.mark.parametrize("net_name", ["pool", "shortcut", "sum"])
+def test_custom_nets_fold_bit_exact(net_name, neuron_name, step_mode, spike, granularity):
+    x = nets.example("m", size=16)
+    report = _check_fold(nets.custom(net_name, neuron_name, step_mode), x, spike, granularity, steps=step_mode == "s")
+    # PoolNet's element-wise amplitudes before max pooling / avg pooling into a conv are skipped
+    # at convert time: those two neurons stay binary.
+    skipped = 2 if (net_name, granularity) == ("pool", "element") else 0
+    if (net_name, granularity) == ("sum", "element"):
+        assert len(report.merged_linears) == 3  # avg-pool + flatten + Linear, one per addend
+    kinds = list(report.neurons.values())
+    assert kinds.count("ternary" if spike == "ternary" else "binary") == len(kinds) - (skipped if spike == "ternary" else 0)
+
+
+ZOO_CELLS = [
+    ("spiking_resnet18", "IF", "real", "channel"),
+    ("spiking_resnet18", "LIF", "ternary", "layer"),
+    ("spiking_resnet18", "PLIF", "real", "element"),
+    ("sew_resnet18", "IF", "real", "element"),
+    ("sew_resnet18", "LIF", "real", "channel"),
+    ("sew_resnet18", "PLIF", "ternary", "channel"),
+    ("sew_resnet18", "IF", "ternary", "layer"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name,neuron_name,spike,granularity", ZOO_CELLS)
+def test_zoo_fold_bit_exact(model_name, neuron_name, spike, granularity):
+    x = nets.example("m", size=32)
+    report = _check_fold(nets.zoo(model_name, neuron_name), x, spike, granularity)
+    if granularity == "element":
+        assert report.unshared_convs and report.parameter_growth > 1.5
+    else:
+        assert not report.unshared_convs
+        if model_name == "spiking_resnet18":
+            assert report.parameter_growth < 1.0  # BN folded away, every synapse scaled in place
+        else:  # SEW: a conv reading a residual sum of k spike trains gets k scaled copies
+            assert report.parameter_growth > 1.0
+
+
+@pytest.mark.slow
+def test_zoo_fold_single_step_mode():
+    x = nets.example("m", size=32)
+    _check_fold(nets.zoo("sew_resnet18", "LIF", step_mode="s"), x, "real", "channel", steps=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spike,granularity", [("real", "channel"), ("ternary", "element")])
+def test_spiking_vgg11_bn_fold_bit_exact(spike, granularity):
+    # 32x32 is the smallest input VGG-11's five max-pools accept.
+    x = nets.example("m", size=32, T=1, N=2)
+    report = _check_fold(nets.zoo("spiking_vgg11_bn", "IF"), x, spike, granularity)
+    if granularity == "element":
+        # conv neurons before max pooling are skipped; the others feed unshared convs
+        assert report.unshared_convs
+
+
+def test_realistic_weights_flip_rate_at_noise_floor():
+    """Random (non-dyadic) weights, calibrated firing: folded in float64, spikes flip only at ties."""
+    torch.manual_seed(0)
+    x = torch.rand(4, 8, 3, 16, 16) * 2
+    model = rs.convert_model(nets.custom("shortcut", "LIF"), x, granularity="channel")
+    with torch.no_grad():
+        for a in rs.amplitude_parameters(model):
+            a.uniform_(0.5, 1.5)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(0.0, 0.5)
+                m.momentum = None
+    model.train()
+    run(model, x)
+    model.eval()
+    deploy = rs.fold(model)
+
+    spikes = {}
+    for tag, m in (("converted", model), ("deploy", deploy)):
+        outs = []
+        hooks = [mod.register_forward_hook(lambda mod, i, o: outs.append(o)) for mod in m.modules()
+                 if rs.neurons.is_neuron(mod)]
+        y = run(m, x)
+        for h in hooks:
+            h.remove()
+        spikes[tag] = (torch.cat([o.flatten() for o in outs]), y)
+    a, ya = spikes["converted"]
+    b, yb = spikes["deploy"]
+    rate = float((a != 0).float().mean())
+    flips = float((a != b).float().mean())
+    assert 0.05 < rate < 0.5
+    assert flips <= 1e-3, f"spike flip rate {flips:.2e}"
+    assert (ya.mean(0).argmax(-1) == yb.mean(0).argmax(-1)).float().mean() == 1.0
+    torch.testing.assert_close(yb, ya, rtol=1e-4, atol=1e-4)
+
+
+def test_fold_is_idempotent_and_copies():
+    x = nets.example("m")
+    model = rs.convert_model(nets.custom("shortcut", "LIF"), x, granularity="element")
+    make_dyadic(model, x)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    deploy = rs.fold(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert any(isinstance(m, rs.Amplitude) for m in model.modules())
+
+    again = rs.fold(deploy)
+    assert again.code == deploy.code
+    assert again.state_dict().keys() == deploy.state_dict().keys()
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in deploy.state_dict().items())
+    assert torch.equal(run(again, x), run(deploy, x))
+
+
+def test_fold_inplace_returns_same_object():
+    x = nets.example("m")
+    model = rs.convert_model(nets.custom("pool", "IF"), x)
+    assert rs.fold(model, inplace=True) is model
+    assert not any(isinstance(m, rs.Amplitude) for m in model.modules())
+
+
+def test_negative_amplitude_before_max_pool_is_refused():
+    x = nets.example("m")
+    model = rs.convert_model(nets.custom("pool", "IF"), x, granularity="channel")
+    make_dyadic(model, x, negative=False)
+    with torch.no_grad():
+        model.get_submodule("features.2_amplitude").a[3] = -0.5
+    with pytest.raises(rs.UnsupportedPatternError, match=r"negative amplitude before max pooling.*features_3"):
+        rs.fold(model)
+
+
+def test_fold_of_plain_network_fuses_batchnorm_only():
+    x = nets.example("m")
+    net = nets.custom("sum", "LIF")
+    make_dyadic(net, x)
+    deploy = rs.fold(net)
+    assert torch.equal(run(deploy, x), run(net, x))
+    assert len(rs.fold_report(deploy).fused_batchnorms) == 3
+    assert set(rs.fold_report(deploy).neurons.values()) == {"binary"}
+
+
+def test_shortcut_becomes_diagonal_synapse_and_residual_sum_splits_synapses():
+    x = nets.example("m")
+    shortcut = rs.fold(rs.convert_model(nets.custom("shortcut", "IF"), x, granularity="channel"))
+    assert rs.fold_report(shortcut).diagonal_synapses == ["sn2__in_stem_2"]
+    sums = rs.fold(rs.convert_model(nets.custom("sum", "IF"), x, granularity="channel"))
+    # b2's conv reads stem + b1 spikes: one scaled copy per addend
+    assert {n for n in rs.fold_report(sums).scaled_synapses if n.startswith("b2.0__")} == {
+        "b2.0__stem_2", "b2.0__b1_2"}
