@@ -114,8 +114,8 @@ def convert_model(
                     continue
                 _remove_amplitude(gm, amp)
                 selected.remove(sel)
-                _skip_or_raise(report, sel.node, modules, sel.rule,
-                               f"{blocker.reason} at node '{blocker.node}'", blocker.remedy)
+                where = "" if f"'{blocker.node}'" in blocker.reason else f" at node '{blocker.node}'"
+                _skip_or_raise(report, sel.node, modules, sel.rule, blocker.reason + where, blocker.remedy)
 
     for sel in selected:
         module = modules[sel.node.target]
