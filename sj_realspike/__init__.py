@@ -5,6 +5,7 @@ synapse weights (``fold``) so the deployed network sends binary or ternary spike
 """
 
 from .amplitude import Amplitude, amplitude_parameters
+from .bundle import BundleError, load_bundle, save_bundle
 from .config import SpikeConfig, SpikeSpec
 from .convert import convert_model
 from .errors import ConfigError, RealSpikeError, UnsupportedPatternError
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Amplitude",
+    "BundleError",
     "ConfigError",
     "ConversionReport",
     "DiagonalSynapse",
@@ -33,4 +35,6 @@ __all__ = [
     "fold",
     "fold_report",
     "fuse_batchnorm",
+    "load_bundle",
+    "save_bundle",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 
 import torch
@@ -52,7 +54,9 @@ def propagate_shapes(gm: fx.GraphModule, example_input: torch.Tensor) -> None:
     gm.eval()
     functional.reset_net(gm)
     try:
-        ShapeProp(gm).propagate(example_input)
+        # ShapeProp prints the traceback of a failing node itself; the error below says it all.
+        with contextlib.redirect_stderr(io.StringIO()):
+            ShapeProp(gm).propagate(example_input)
     except Exception as e:
         cause = e.__cause__ or e
         where = re.search(r"node=%(\w+)", str(e))

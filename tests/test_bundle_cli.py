@@ -1,0 +1,131 @@
+"""Bundles (save/load, safe loading) and the sj-realspike CLI on bad and good input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import nets
+import sj_realspike as rs
+from dyadic import run
+from sj_realspike.bundle import resolve_kwargs
+
+TESTS = Path(__file__).parent
+FACTORY = ["--model", "nets:custom", "--kwargs", '{"name": "sum", "neuron_name": "LIF"}',
+           "--example-shape", "2,2,3,16,16"]
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "sj_realspike.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_bundle_round_trip_of_a_trained_model(tmp_path):
+    x = nets.example("m")
+    model = rs.convert_model(nets.custom("shortcut", "PLIF"), x, spike="ternary", granularity="element")
+    with torch.no_grad():
+        for a in rs.amplitude_parameters(model):
+            a.uniform_(-1, 2)
+    model(x).sum().backward()  # a "trained" model: PLIF w and amplitudes moved away from init
+    with pytest.raises(rs.RealSpikeError, match="does not record its factory"):
+        rs.save_bundle(model, tmp_path / "m.bundle")
+    rs.save_bundle(model, tmp_path / "m.bundle", factory="nets:custom",
+                   kwargs={"name": "shortcut", "neuron_name": "PLIF"})
+    loaded = rs.load_bundle(tmp_path / "m.bundle")
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    assert torch.equal(run(loaded, x), run(model, x))
+    # a loaded model remembers its factory, so it saves without arguments
+    rs.save_bundle(rs.fold(loaded), tmp_path / "d.bundle")
+    deploy = rs.load_bundle(tmp_path / "d.bundle")
+    assert torch.equal(run(deploy, x), run(rs.fold(model), x))
+
+
+def test_bundle_loading_never_unpickles_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.bundle"
+    torch.save({"manifest": "{}", "state_dict": {}, "x": Evil()}, path)
+    with pytest.raises(rs.RealSpikeError, match="not a weights-only torch file"):
+        rs.load_bundle(path)
+
+
+def test_kwargs_resolve_importable_objects_only():
+    from spikingjelly.activation_based import neuron
+
+    kw = resolve_kwargs({"spiking_neuron": "spikingjelly.activation_based.neuron.LIFNode", "cnf": "ADD",
+                         "path": "data/x.npy", "n": 3})
+    assert kw == {"spiking_neuron": neuron.LIFNode, "cnf": "ADD", "path": "data/x.npy", "n": 3}
+    with pytest.raises(rs.RealSpikeError, match="cannot import module 'no_such_pkg'"):
+        resolve_kwargs({"f": "no_such_pkg:thing"})
+
+
+def test_cli_convert_fold_inspect(tmp_path):
+    r = cli("convert", *FACTORY, "--granularity", "element", "-o", "c.bundle", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "converted 3 neuron(s)" in r.stdout
+    r = cli("fold", "c.bundle", "-o", "d.bundle", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "pooling+linear merged into one linear  3" in r.stdout
+    r = cli("inspect", "c.bundle", cwd=tmp_path)
+    assert r.returncode == 0 and "stem.2" in r.stdout and "8x16x16" in r.stdout
+    manifest = json.loads(torch.load(tmp_path / "d.bundle", weights_only=True)["manifest"])
+    assert (manifest["stage"], manifest["granularity"], manifest["factory"]) == ("deploy", "element", "nets:custom")
+
+
+BAD_INPUTS = [
+    (["fold", "missing.bundle", "-o", "out.bundle"], r"bundle missing.bundle does not exist"),
+    (["convert", "--model", "nets:no_such_factory", *FACTORY[2:], "-o", "out.bundle"],
+     r"module 'nets' has no attribute 'no_such_factory'"),
+    (["convert", "--model", "no_pkg.mod:f", *FACTORY[2:], "-o", "out.bundle"], r"cannot import module 'no_pkg.mod'"),
+    (["convert", *FACTORY[:2], "--kwargs", "{name: sum}", *FACTORY[4:], "-o", "out.bundle"],
+     r"--kwargs is not valid JSON"),
+    (["convert", *FACTORY[:4], "--example-shape", "2,2,3,15", "-o", "out.bundle"],
+     r"running example_input of shape \(2, 2, 3, 15\) through the model failed"),
+    (["convert", *FACTORY, "--recipe", "bad.toml", "-o", "out.bundle"], r"unknown key\(s\) \['granulrity'\]"),
+    (["fold", "corrupt.bundle", "-o", "out.bundle"], r"corrupt, truncated or not a weights-only torch file"),
+    (["convert", *FACTORY, "-o", "no_dir/out.bundle"], r"directory no_dir does not exist"),
+    (["inspect", "corrupt.onnx"], r"corrupt.onnx is not a readable ONNX model"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_INPUTS, ids=[" ".join(a[:2]) + f"-{i}" for i, (a, _) in enumerate(BAD_INPUTS)])
+def test_cli_bad_input_one_line_error_exit_2_no_output(tmp_path, argv, message):
+    (tmp_path / "bad.toml").write_text("[global]\ngranulrity = 'layer'\n")
+    (tmp_path / "corrupt.bundle").write_bytes(b"PK\x03\x04 truncated")
+    (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07garbage")
+    r = cli(*argv, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sj-realspike: error: "), r.stderr
+    import re
+
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "out.bundle").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_truncated_bundle_is_reported(tmp_path):
+    r = cli("convert", *FACTORY, "-o", "c.bundle", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    data = (tmp_path / "c.bundle").read_bytes()
+    (tmp_path / "t.bundle").write_bytes(data[: len(data) // 2])
+    r = cli("fold", "t.bundle", "-o", "out.bundle", cwd=tmp_path)
+    assert r.returncode == 2 and "corrupt, truncated" in r.stderr
+    assert not (tmp_path / "out.bundle").exists()
+
+
+@pytest.mark.parametrize("command", ["convert", "fold", "export", "verify", "run", "inspect", "demo"])
+def test_every_command_help_shows_an_example(command):
+    r = subprocess.run([sys.executable, "-m", "sj_realspike.cli", command, "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "example" in r.stdout and f"sj-realspike {command}" in r.stdout
