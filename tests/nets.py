@@ -103,7 +103,22 @@ class GateNet(nn.Module):
         return self.fc(self.flatten(self.head(s)))
 
 
-CUSTOM = {"pool": PoolNet, "shortcut": ShortcutNet, "sum": SumNet}
+class MlpNet(nn.Module):
+    """Linear → BatchNorm1d → neuron chains (Linear+BN fusion, feature-wise amplitudes)."""
+
+    def __init__(self, sn) -> None:
+        super().__init__()
+        self.flatten = layer.Flatten()
+        self.fc1, self.bn1, self.sn1 = layer.Linear(3 * 16 * 16, 32), layer.BatchNorm1d(32), sn()
+        self.fc2, self.bn2, self.sn2 = layer.Linear(32, 32, bias=False), layer.BatchNorm1d(32), sn()
+        self.fc3 = layer.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.sn1(self.bn1(self.fc1(self.flatten(x))))
+        return self.fc3(self.sn2(self.bn2(self.fc2(x))))
+
+
+CUSTOM = {"pool": PoolNet, "shortcut": ShortcutNet, "sum": SumNet, "mlp": MlpNet}
 
 
 def custom(name: str, neuron_name: str = "IF", step_mode: str = "m") -> nn.Module:

@@ -41,7 +41,7 @@ def _check_fold(net: nn.Module, x: torch.Tensor, spike: str, granularity: str, s
 @pytest.mark.parametrize("spike", ["real", "ternary"])
 @pytest.mark.parametrize("step_mode", ["m", "s"])
 @pytest.mark.parametrize("neuron_name", ["IF", "LIF", "PLIF", "LIF-soft"])
-@pytest.mark.parametrize("net_name", ["pool", "shortcut", "sum"])
+@pytest.mark.parametrize("net_name", ["pool", "shortcut", "sum", "mlp"])
 def test_custom_nets_fold_bit_exact(net_name, neuron_name, step_mode, spike, granularity):
     x = nets.example("m", size=16)
     report = _check_fold(nets.custom(net_name, neuron_name, step_mode), x, spike, granularity, steps=step_mode == "s")
@@ -128,6 +128,7 @@ def test_realistic_weights_flip_rate_at_noise_floor():
     b, yb = spikes["deploy"]
     rate = float((a != 0).float().mean())
     flips = float((a != b).float().mean())
+    print(f"firing rate {rate:.3f}, spike flips deploy vs converted {flips:.2e}")
     assert 0.05 < rate < 0.5
     assert flips <= 1e-3, f"spike flip rate {flips:.2e}"
     assert (ya.mean(0).argmax(-1) == yb.mean(0).argmax(-1)).float().mean() == 1.0
@@ -165,6 +166,20 @@ def test_negative_amplitude_before_max_pool_is_refused():
         model.get_submodule("features.2_amplitude").a[3] = -0.5
     with pytest.raises(rs.UnsupportedPatternError, match=r"negative amplitude before max pooling.*features_3"):
         rs.fold(model)
+
+
+def test_element_amplitude_into_reflect_padded_conv_is_refused():
+    net = nn.Sequential(layer.Conv2d(3, 4, 3, padding=1), neuron.IFNode(),
+                        layer.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), neuron.IFNode(),
+                        layer.Flatten(), layer.Linear(4 * 16 * 16, 2))
+    functional.set_step_mode(net, "m")
+    x = nets.example("m")
+    with pytest.raises(rs.UnsupportedPatternError, match=r"needs an unshared Conv2d with zero padding .*'reflect'"):
+        rs.convert_model(net, x, config=rs.SpikeConfig().set_name("1", rs.SpikeSpec(granularity="element")))
+    # channel-wise amplitudes commute with reflect padding: folded exactly
+    model = rs.convert_model(net, x, granularity="channel")
+    make_dyadic(model, x)
+    assert torch.equal(run(rs.fold(model), x), assert_exact_in_fp32(model, x))
 
 
 def test_fold_of_plain_network_fuses_batchnorm_only():
