@@ -143,7 +143,7 @@ def zoo(name: str, neuron_name: str = "IF", step_mode: str = "m") -> nn.Module:
 
 
 def example(step_mode: str, size: int = 16, T: int = 2, N: int = 2, seed: int = 0) -> torch.Tensor:
-    from dyadic import dyadic_input
+    from sj_realspike.testing import dyadic_input
 
     shape = (T, N, 3, size, size) if step_mode == "m" else (N, 3, size, size)
     return dyadic_input(shape, seed)

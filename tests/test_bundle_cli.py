@@ -14,7 +14,7 @@ import torch
 
 import nets
 import sj_realspike as rs
-from dyadic import run
+from sj_realspike.testing import run
 from sj_realspike.bundle import resolve_kwargs
 
 TESTS = Path(__file__).parent

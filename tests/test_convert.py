@@ -11,7 +11,7 @@ from spikingjelly.activation_based import functional, layer, neuron, surrogate
 
 import nets
 import sj_realspike as rs
-from dyadic import run
+from sj_realspike.testing import run
 
 
 def amplitudes(model) -> dict[str, rs.Amplitude]:

@@ -1,4 +1,4 @@
-"""Dyadic models: every fp32 operation is exact, so an exact fold gives identical outputs.
+"""Proving a fold exact on your own model: dyadic models, where every fp32 operation is exact.
 
 Spiking thresholds turn rounding noise into chaos, so tolerance tests on random
 weights prove little. Here weights, BatchNorm parameters (eps=0, running_var a
@@ -21,8 +21,9 @@ import torch.fx as fx
 import torch.nn as nn
 from spikingjelly.activation_based import functional, neuron
 
-import sj_realspike as rs
-from sj_realspike.ops import OpKind, classify
+from .amplitude import Amplitude
+from .neurons import TernaryParametricLIFNode, is_neuron
+from .ops import OpKind, classify
 
 __all__ = ["make_dyadic", "dyadic_input", "randomize_amplitudes", "assert_exact_in_fp32", "run",
            "spike_values", "firing_rate"]
@@ -55,7 +56,7 @@ def randomize_amplitudes(model: fx.GraphModule, seed: int = 0, negative: bool = 
     before_maxpool = _amplitudes_before_maxpool(model, modules)
     with torch.no_grad():
         for node in model.graph.nodes:
-            if node.op == "call_module" and isinstance(modules[node.target], rs.Amplitude):
+            if node.op == "call_module" and isinstance(modules[node.target], Amplitude):
                 a = modules[node.target].a
                 mag = torch.randint(1, 9, a.shape, generator=g).float() / 4
                 sign = torch.ones(a.shape)
@@ -102,7 +103,7 @@ def make_dyadic(model: nn.Module, x: torch.Tensor, seed: int = 0, amplitudes: bo
                 m.weight.copy_(_dyadic_weight(m.weight, g))
                 if m.bias is not None:
                     m.bias.copy_(torch.randint(-2, 3, m.bias.shape, generator=g).float() / 8)
-            elif isinstance(m, neuron.ParametricLIFNode) or isinstance(m, rs.TernaryParametricLIFNode):
+            elif isinstance(m, neuron.ParametricLIFNode) or isinstance(m, TernaryParametricLIFNode):
                 m.w.zero_()  # sigmoid(0) = 0.5 exactly: tau = 2
             elif isinstance(m, (neuron.LIFNode, neuron.TernaryLIFNode)):
                 m.tau = 2.0
@@ -153,7 +154,7 @@ def spike_values(model: nn.Module, x: torch.Tensor, steps: bool = False) -> dict
     values: dict[str, set[float]] = {}
     hooks = []
     for name, m in model.named_modules():
-        if rs.neurons.is_neuron(m):
+        if is_neuron(m):
             hooks.append(m.register_forward_hook(
                 lambda mod, inp, out, name=name: values.setdefault(name, set()).update(out.unique().tolist())))
     try:
@@ -175,7 +176,7 @@ def firing_rate(model: nn.Module, x: torch.Tensor, steps: bool = False) -> float
         nonzero += int((out != 0).sum())
 
     for m in model.modules():
-        if rs.neurons.is_neuron(m):
+        if is_neuron(m):
             hooks.append(m.register_forward_hook(count))
     try:
         run(model, x, steps)
