@@ -1,0 +1,225 @@
+"""Fuzzing convert → train → fold on random SpikingJelly architectures.
+
+Every generated network must end in one of two ways:
+
+* **exact**: converted (some neurons possibly skipped with a reason), one training
+  step runs, and on the dyadic grid the folded model reproduces the converted one bit
+  for bit with pure {0,1} / {−1,0,1} spikes;
+* **refused**: an `UnsupportedPatternError` that names a node (a neuron named in the
+  config that cannot be folded, or a negative amplitude before max pooling).
+
+Anything else (another exception, a mismatch, an impure spike) is a bug and is
+reported with the seed that reproduces it.
+
+Usage: python bench/fuzz.py --n 500 [--start 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import traceback
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from spikingjelly.activation_based import functional, layer, neuron
+
+import sj_realspike as rs
+from sj_realspike.testing import assert_exact_in_fp32, make_dyadic, run, spike_values
+
+NEURON_FACTORIES = {
+    "IF": lambda r: neuron.IFNode(v_reset=r.choice([0.0, None])),
+    "LIF": lambda r: neuron.LIFNode(tau=2.0, decay_input=r.random() < 0.5, v_reset=r.choice([0.0, None])),
+    "PLIF": lambda r: neuron.ParametricLIFNode(init_tau=2.0, decay_input=r.random() < 0.5,
+                                               v_reset=r.choice([0.0, None])),
+}
+
+
+class FuzzNet(nn.Module):
+    """A network interpreted from a static program (fx traces straight through the loop)."""
+
+    def __init__(self, program: list[tuple[str, object]], mods: dict[str, nn.Module], batch_dims: int) -> None:
+        super().__init__()
+        self.program = program
+        self.mods = nn.ModuleDict(mods)
+        self.batch_dims = batch_dims
+
+    def forward(self, x):
+        slots = {}
+        for op, arg in self.program:
+            if op == "mod":
+                x = self.mods[arg](x)
+            elif op == "save":
+                slots[arg] = x
+            elif op == "add":
+                x = x + slots[arg]
+            elif op == "scale":
+                x = x * arg
+            elif op == "flatten":
+                x = torch.flatten(x, self.batch_dims)
+            elif op == "branch":
+                x = self.mods[arg[0]](x) + self.mods[arg[1]](x)
+        return x
+
+
+@dataclass
+class Spec:
+    net: FuzzNet
+    step_mode: str
+    shape: tuple[int, ...]  # [T, N, C, H, W]
+    spike: str
+    granularity: str
+    named: tuple[str, str] | None  # (neuron name, granularity) forced by set_name
+
+
+def random_spec(seed: int) -> Spec:
+    """A random network of conv/BN/neuron blocks, pooling, residual sums, shortcuts into membranes,
+    branches, scalar factors, dropout and a linear head."""
+    r = random.Random(seed)
+    step_mode = r.choice(["m", "s"])
+    size = r.choice([8, 12, 16])
+    c, h = 3, size
+    mods: dict[str, nn.Module] = {}
+    program: list[tuple[str, object]] = []
+    neurons: list[str] = []
+    sn_kind = r.choice(list(NEURON_FACTORIES))
+
+    def add(name: str, m: nn.Module) -> None:
+        mods[name] = m
+        program.append(("mod", name))
+
+    def new_neuron() -> None:
+        name = f"sn{len(neurons)}"
+        neurons.append(name)
+        kind = sn_kind if r.random() < 0.8 else r.choice(list(NEURON_FACTORIES))
+        add(name, NEURON_FACTORIES[kind](r))
+
+    # the first block turns the analog input into spikes
+    cout = r.choice([4, 8])
+    add("conv0", layer.Conv2d(c, cout, 3, padding=1, bias=False))
+    add("bn0", layer.BatchNorm2d(cout))
+    new_neuron()
+    c = cout
+    saved: dict[str, tuple[int, int]] = {}
+    for i in range(1, r.randint(2, 6)):
+        choice = r.random()
+        if choice < 0.35:  # conv block, maybe a shortcut into its membrane
+            groups = r.choice([1, 2]) if c % 2 == 0 else 1
+            cout = r.choice([c, 2 * c]) if c < 16 else c
+            stride = 2 if h >= 8 and r.random() < 0.3 else 1
+            k, dil = r.choice([(1, 1), (3, 1), (3, 2)])
+            add(f"conv{i}", layer.Conv2d(c, cout, k, stride=stride, padding=dil * (k // 2), dilation=dil,
+                                         groups=groups, bias=r.random() < 0.3))
+            h = (h - 1) // stride + 1
+            c = cout
+            if r.random() < 0.8:
+                add(f"bn{i}", layer.BatchNorm2d(c))
+            match = [s for s, shp in saved.items() if shp == (c, h)]
+            if match and r.random() < 0.5:
+                program.append(("add", match[0]))  # a*s straight into the membrane
+            new_neuron()
+        elif choice < 0.5 and h >= 4:
+            pool = r.choice([layer.MaxPool2d(2), layer.AvgPool2d(2), layer.AdaptiveAvgPool2d(h // 2)])
+            add(f"pool{i}", pool)
+            h //= 2
+        elif choice < 0.65:  # save spikes for a later residual sum / shortcut
+            program.append(("save", f"s{i}"))
+            saved[f"s{i}"] = (c, h)
+        elif choice < 0.75:
+            match = [s for s, shp in saved.items() if shp == (c, h)]
+            if match:
+                program.append(("add", match[-1]))  # SEW-style sum of spike trains
+        elif choice < 0.85:
+            mods[f"ba{i}"] = layer.Conv2d(c, c, 3, padding=1, bias=False)
+            mods[f"bb{i}"] = layer.Conv2d(c, c, 1, bias=False)
+            program.append(("branch", (f"ba{i}", f"bb{i}")))  # one spike tensor, two consumers
+            add(f"bn{i}", layer.BatchNorm2d(c))
+            new_neuron()
+        elif choice < 0.92:
+            program.append(("scale", r.choice([0.5, 2.0, -1.0])))
+        else:
+            add(f"drop{i}", layer.Dropout(0.2))
+    program.append(("flatten", None))
+    features = c * h * h
+    if r.random() < 0.6:
+        hidden = r.choice([8, 16])
+        add("fc_h", layer.Linear(features, hidden))
+        if r.random() < 0.5:
+            add("bn_h", layer.BatchNorm1d(hidden))
+        new_neuron()
+        features = hidden
+    add("fc_out", layer.Linear(features, 5))
+
+    batch_dims = 2 if step_mode == "m" else 1
+    net = FuzzNet(program, mods, batch_dims)
+    functional.set_step_mode(net, step_mode)
+    named = (r.choice(neurons), r.choice(["layer", "channel", "element"])) if r.random() < 0.3 else None
+    return Spec(net, step_mode, (2, 2, 3, size, size), r.choice(["real", "ternary"]),
+                r.choice(["layer", "channel", "element"]), named)
+
+
+def run_case(seed: int) -> tuple[str, str]:
+    """(outcome, detail) for one seed: 'exact', 'refused' or 'BUG'."""
+    torch.manual_seed(seed)
+    spec = random_spec(seed)
+    steps = spec.step_mode == "s"
+    x = torch.randint(0, 9, spec.shape).float() / 4
+    example = x[0] if steps else x
+    config = rs.SpikeConfig()
+    if spec.named:
+        config.set_name(f"mods.{spec.named[0]}", rs.SpikeSpec(granularity=spec.named[1]))
+    try:
+        model = rs.convert_model(spec.net, example, spike=spec.spike, granularity=spec.granularity, config=config)
+    except rs.UnsupportedPatternError as e:
+        return "refused", f"convert: {e.node}"
+    model.train()
+    out = torch.stack([model(xt) for xt in x]) if steps else model(x)
+    out.sum().backward()
+    functional.reset_net(model)
+    make_dyadic(model, example, seed=seed)
+    amplitudes = list(rs.amplitude_parameters(model))
+    if amplitudes and seed % 5 == 0:  # a negative entry anywhere, also before max pooling
+        with torch.no_grad():
+            amplitudes[seed % len(amplitudes)].view(-1)[0] = -0.75
+    expected = assert_exact_in_fp32(model, x, steps)
+    try:
+        deploy = rs.fold(model)
+    except rs.UnsupportedPatternError as e:
+        if "negative amplitude before max pooling" not in str(e):
+            return "BUG", f"fold refused unexpectedly: {e}"
+        return "refused", f"fold: {e.node}"
+    got = run(deploy, x, steps)
+    if not torch.equal(got, expected):
+        return "BUG", f"deploy differs by {(got - expected).abs().max().item()}"
+    allowed = {0.0, 1.0} if spec.spike == "real" else {-1.0, 0.0, 1.0}
+    for name, values in spike_values(deploy, x, steps).items():
+        if not values <= allowed | {0.0, 1.0}:
+            return "BUG", f"{name} emits {sorted(values)}"
+    skipped = len(rs.conversion_report(model).skipped)
+    return "exact", f"{len(rs.conversion_report(model).converted)} converted, {skipped} skipped"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--start", type=int, default=0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    counts: Counter[str] = Counter()
+    for seed in range(args.start, args.start + args.n):
+        try:
+            outcome, detail = run_case(seed)
+        except Exception:
+            outcome, detail = "BUG", traceback.format_exc(limit=3).strip().splitlines()[-1]
+        counts[outcome] += 1
+        if outcome == "BUG":
+            print(f"seed {seed}: BUG: {detail}", flush=True)
+    print(f"{args.n} random networks: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return 1 if counts["BUG"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

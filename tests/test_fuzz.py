@@ -1,0 +1,20 @@
+"""~50 random architectures from bench/fuzz.py: each folds exactly or is refused naming a node."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+import fuzz  # noqa: E402
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(50))
+def test_random_architecture_folds_exactly_or_is_refused(seed):
+    outcome, detail = fuzz.run_case(seed)
+    assert outcome in ("exact", "refused"), f"seed {seed}: {detail}"
+    if outcome == "refused":
+        assert "negative amplitude" in detail or detail.startswith(("convert: ", "fold: "))
