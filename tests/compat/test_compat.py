@@ -1,0 +1,33 @@
+"""The CI slice of the zoo compatibility matrix (the full one: tests/compat/matrix.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from matrix import Cell, run_cell
+
+CI_CELLS = [
+    Cell("spiking_resnet18", "PLIF", "ternary", "element", "m"),
+    Cell("sew_resnet18 (ADD)", "LIF", "real", "channel", "m"),
+    Cell("sew_resnet18 (ADD)", "IF", "ternary", "layer", "s"),
+    Cell("spiking_vgg11", "LIF", "real", "element", "m"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", CI_CELLS, ids=lambda c: f"{c.model}-{c.neuron}-{c.spike}-{c.granularity}-{c.step_mode}")
+def test_zoo_cell_passes(cell, tmp_path):
+    result = run_cell(cell, tmp_path)
+    assert result.status == "pass", result.note
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cnf", ["AND", "IAND"])
+def test_sew_gates_are_skipped_cleanly(cnf, tmp_path):
+    result = run_cell(Cell(f"sew_resnet18 ({cnf})", "IF", "real", "channel", "m"), tmp_path)
+    assert result.status == "pass" and "12 neuron(s) skipped" in result.note, result.note
+
+
+def test_untraceable_zoo_model_is_refused_with_reason(tmp_path):
+    result = run_cell(Cell("ms_resnet18", "LIF", "real", "channel", "m"), tmp_path)
+    assert result.status == "refused" and "torch.fx could not trace the model" in result.note
