@@ -1,0 +1,311 @@
+"""Export-friendly twins of the deploy model's neurons and fold-made synapses.
+
+Each module here computes what its original computes, written so that
+``torch.onnx.export`` emits a short sequence of standard ONNX ops that
+onnxruntime runs fast on CPU:
+
+* Neurons run their elementwise work on ``[T, M]`` tensors (time first, all other
+  dims flattened): onnxruntime's broadcast kernels are slow on shapes that end in
+  size-1 dims such as ``[T, N, 512, 1, 1]``. Time steps are unrolled over one
+  ``Split``; no ``Where`` (several times the cost of a ``Mul`` in onnxruntime):
+  a hard reset is ``keep = h < θ; v = h · keep`` and the spikes are ``1 − keep``.
+* The charge keeps SpikingJelly's own operation order (``v + (x − (v − v_r)) / τ``),
+  so a lowered neuron equals SpikingJelly's fp32 forward bit for bit; only a division
+  by a power-of-two ``τ`` becomes the (identical) multiplication by ``1/τ``.
+* `LoweredUnsharedConv2d` is a locally connected conv as one batched ``MatMul`` over
+  output positions, with patches gathered in a positions-first layout by strided
+  slices: every transpose is a plain 2-D one, which onnxruntime does fast and does
+  not merge into slow N-D permutations.
+* `LoweredDiagonalSynapse` multiplies by the weight expanded to the full feature
+  size, so onnxruntime broadcasts over the batch only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from spikingjelly.activation_based import neuron
+
+from .neurons import TernaryParametricLIFNode
+from .synapses import DiagonalSynapse, UnsharedConv2d
+
+__all__ = [
+    "LoweredNeuron",
+    "LoweredBinaryNeuron",
+    "LoweredTernaryNeuron",
+    "LoweredUnsharedConv2d",
+    "LoweredDiagonalSynapse",
+    "LOWERABLE_NEURONS",
+    "lower_neuron",
+    "unsupported_neuron_reason",
+]
+
+_BINARY = (neuron.IFNode, neuron.LIFNode, neuron.ParametricLIFNode)
+_TERNARY = (neuron.TernaryIFNode, neuron.TernaryLIFNode, TernaryParametricLIFNode)
+LOWERABLE_NEURONS: tuple[type, ...] = _BINARY + _TERNARY
+
+
+class LoweredNeuron(nn.Module):
+    """A stateless multi-step neuron: the whole sequence in, the whole spike train out.
+
+    Charge (SpikingJelly's equations, ``v_r`` the reset voltage, 0 for soft reset)::
+
+        IF:    h = v + x
+        LIF:   h = v + (x − (v − v_r)) / τ          (decay_input)
+               h = v − (v − v_r) / τ + x            (otherwise)
+        PLIF:  as LIF with ``/ τ`` replaced by ``· sigmoid(w)``
+
+    The membrane starts at ``v_r`` (hard reset) or 0 (soft reset) on every call.
+
+    Args:
+        v_threshold: firing threshold ``θ``.
+        v_reset: hard-reset voltage, or ``None`` for soft reset (subtract ``θ · s``).
+        charge: ``"if"``, ``"lif"`` or ``"plif"``.
+        decay: ``τ`` for LIF, ``sigmoid(w)`` for PLIF (a 0-d tensor), unused for IF.
+        decay_input: LIF/PLIF ``decay_input``.
+        time_steps: ``None``: inputs are ``[T, N, …]``; an int ``T``: inputs are
+            ``[T·N, …]`` (a single-step model run on the time-flattened batch).
+    """
+
+    def __init__(self, v_threshold: float, v_reset: float | None, charge: str,
+                 decay: float | torch.Tensor | None = None, decay_input: bool = True,
+                 time_steps: int | None = None) -> None:
+        super().__init__()
+        if charge not in ("if", "lif", "plif"):
+            raise ValueError(f"charge must be 'if', 'lif' or 'plif', got {charge!r}")
+        self.v_threshold = float(v_threshold)
+        self.v_reset = None if v_reset is None else float(v_reset)
+        self.rest = 0.0 if v_reset is None else float(v_reset)
+        self.charge = charge
+        self.decay_input = decay_input
+        self.time_steps = time_steps
+        self.tau: float | None = None
+        self.inv_tau: float | None = None
+        if charge == "lif":
+            self.tau = float(decay)
+            mantissa, _ = math.frexp(self.tau)
+            # x / τ == x · (1/τ) in every case exactly when τ is a power of two.
+            self.inv_tau = 1.0 / self.tau if mantissa == 0.5 else None
+        if charge == "plif":
+            self.register_buffer("q", torch.as_tensor(decay).detach().clone().reshape(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps = self.time_steps if self.time_steps is not None else x.shape[0]
+        xs = x.reshape(steps, -1).split(1, 0)
+        return self.fire_all(xs).reshape(x.shape)
+
+    def fire_all(self, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Spikes ``[T, M]`` for the per-step inputs ``xs`` (each ``[1, M]``)."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- charge
+    def _decay(self, d: torch.Tensor) -> torch.Tensor:
+        if self.charge == "plif":
+            return d * self.q
+        return d * self.inv_tau if self.inv_tau is not None else d / self.tau
+
+    def charged(self, v: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        """``h`` from the state ``v`` (``None``: the initial ``v_r``, a constant) and input ``x``."""
+        r = self.rest
+        if v is None:
+            # v = v_r makes (v − v_r) an exact 0: IF/LIF(no decay_input) → v_r + x; decay_input → v_r + x/τ.
+            h = self._decay(x) if self.charge != "if" and self.decay_input else x
+            return h + r if r != 0.0 else h
+        if self.charge == "if":
+            return v + x
+        dv = v - r if r != 0.0 else v  # v − 0.0 is v exactly
+        if self.decay_input:
+            return v + self._decay(x - dv)
+        return v - self._decay(dv) + x
+
+    def extra_repr(self) -> str:
+        decay = f", tau={self.tau}" if self.charge == "lif" else ""
+        if self.charge == "plif":
+            decay = f", q={float(self.q):.6g}"
+        return (f"{self.charge}{decay}, v_threshold={self.v_threshold}, v_reset={self.v_reset}, "
+                f"decay_input={self.decay_input}, time_steps={self.time_steps}")
+
+
+class LoweredBinaryNeuron(LoweredNeuron):
+    """Spikes ``s = [h ≥ θ]`` ∈ {0, 1}; hard reset ``v = s·v_r + (1 − s)·h`` or soft ``v = h − θ·s``."""
+
+    def fire_all(self, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        th, last = self.v_threshold, len(xs) - 1
+        v = None
+        if self.v_reset == 0.0:
+            keeps = []
+            for t, x in enumerate(xs):
+                h = self.charged(v, x)
+                keep = (h < th).to(h.dtype)  # 1 where the neuron stays silent
+                keeps.append(keep)
+                if t < last:
+                    v = h * keep
+            return 1.0 - torch.cat(keeps, 0)
+        spikes = []
+        for t, x in enumerate(xs):
+            h = self.charged(v, x)
+            if self.v_reset is None:
+                s = (h >= th).to(h.dtype)
+                if t < last:
+                    v = h - (s if th == 1.0 else s * th)
+            else:
+                keep = (h < th).to(h.dtype)
+                s = 1.0 - keep
+                if t < last:
+                    v = h * keep + s * self.v_reset
+            spikes.append(s)
+        return torch.cat(spikes, 0)
+
+
+class LoweredTernaryNeuron(LoweredNeuron):
+    """Spikes +1 at ``h ≥ θ``, −1 at ``h ≤ −θ``, else 0; both polarities reset."""
+
+    def fire_all(self, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        th = self.v_threshold
+        v = None
+        if self.v_reset is None:
+            spikes = []
+            for t, x in enumerate(xs):
+                h = self.charged(v, x)
+                s = (h >= th).to(h.dtype) - (h <= -th).to(h.dtype)
+                if t < len(xs) - 1:
+                    v = h - (s if th == 1.0 else s * th)
+                spikes.append(s)
+            return torch.cat(spikes, 0)
+        hs, vs = [], []
+        for x in xs:
+            h = self.charged(v, x)
+            keep = (h.abs() < th).to(h.dtype)  # −θ < h < θ: no spike
+            v = h * keep if self.v_reset == 0.0 else h * keep + (1.0 - keep) * self.v_reset
+            hs.append(h)
+            vs.append(v)
+        h_all = torch.cat(hs, 0)
+        if self.v_reset == 0.0:
+            # Fired: h − 0 = h, sign ±1; silent: h − h = +0.
+            return torch.sign(h_all - torch.cat(vs, 0))
+        fired = 1.0 - (h_all.abs() < th).to(h_all.dtype)
+        return torch.sign(h_all) * fired
+
+
+def unsupported_neuron_reason(m: nn.Module) -> str | None:
+    """Why neuron ``m`` has no lowering (``None`` if `lower_neuron` takes it)."""
+    if type(m) not in LOWERABLE_NEURONS:
+        return (f"{type(m).__name__} has no compact lowering (lowered: "
+                f"{', '.join(c.__name__ for c in LOWERABLE_NEURONS)})")
+    if getattr(m.surrogate_function, "spiking", True) is False:
+        return "its surrogate runs with spiking=False, so it emits analog values"
+    if getattr(m, "_neuron_precision", None) is not None:
+        return "it runs with a custom neuron precision (Triton kernels)"
+    return None
+
+
+def lower_neuron(m: nn.Module, time_steps: int | None = None) -> LoweredNeuron:
+    """The export-friendly equivalent of a SpikingJelly IF/LIF/PLIF neuron or its ternary twin.
+
+    Args:
+        m: an ``IFNode``, ``LIFNode``, ``ParametricLIFNode``, ``TernaryIFNode``,
+            ``TernaryLIFNode`` or `TernaryParametricLIFNode` (exact types: subclasses
+            may change the dynamics).
+        time_steps: see `LoweredNeuron`.
+
+    Raises:
+        ValueError: ``m`` cannot be lowered (the message says why).
+    """
+    reason = unsupported_neuron_reason(m)
+    if reason is not None:
+        raise ValueError(reason)
+    cls = LoweredTernaryNeuron if isinstance(m, _TERNARY) else LoweredBinaryNeuron
+    common = dict(v_threshold=float(m.v_threshold), v_reset=m.v_reset, time_steps=time_steps)
+    if isinstance(m, (neuron.ParametricLIFNode, TernaryParametricLIFNode)):
+        with torch.no_grad():
+            q = m.w.detach().sigmoid()  # the value SpikingJelly multiplies by, in the same dtype
+        return cls(charge="plif", decay=q, decay_input=m.decay_input, **common)
+    if isinstance(m, (neuron.LIFNode, neuron.TernaryLIFNode)):
+        return cls(charge="lif", decay=float(m.tau), decay_input=m.decay_input, **common)
+    return cls(charge="if", **common)
+
+
+class LoweredUnsharedConv2d(nn.Module):
+    """`UnsharedConv2d` as one batched ``MatMul`` over output positions.
+
+    The input ``[B, C, H, W]`` is transposed once to ``[H, W, B, C]`` (a 2-D
+    transpose of ``[B·C, H·W]``), zero-padded, and each kernel tap is a strided slice
+    ``[H_out, W_out, B, C]``; concatenated along channels they form the patches
+    ``[L, B, K·C]``, multiplied by per-position weights ``[L, K·C, O]``. Taps that lie
+    in the padding for every output position (e.g. all but the centre of a 3×3 kernel
+    on a 1×1 map) read only zeros and are dropped. Groups become a block-diagonal
+    dense weight. Accepts ``[B, C, H, W]`` or ``[T, N, C, H, W]``.
+    """
+
+    def __init__(self, conv: UnsharedConv2d) -> None:
+        super().__init__()
+        (h, w), (ho, wo) = conv.in_hw, conv.out_hw
+        (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
+        (ph, pw), (dh, dw) = conv.padding, conv.dilation
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.in_hw, self.out_hw, self.stride, self.padding = conv.in_hw, conv.out_hw, conv.stride, conv.padding
+        rows = [i for i in range(kh) if any(0 <= o * sh + i * dh - ph < h for o in range(ho))]
+        cols = [j for j in range(kw) if any(0 <= o * sw + j * dw - pw < w for o in range(wo))]
+        self.taps = [(i * dh, j * dw) for i in rows for j in cols]
+        self.register_buffer("weight", _positions_first_weight(conv, rows, cols))
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-3]
+        c, (h, w), (ho, wo) = self.in_channels, self.in_hw, self.out_hw
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        x = x.reshape(-1, c * h * w)
+        xt = x.reshape(-1, h * w).t().reshape(h, w, -1, c)  # [H, W, B, C]
+        if ph or pw:
+            xt = F.pad(xt, (0, 0, 0, 0, pw, pw, ph, ph))
+        eh, ew = (ho - 1) * sh + 1, (wo - 1) * sw + 1
+        cols = [xt[i:i + eh:sh, j:j + ew:sw] for i, j in self.taps]  # each [Ho, Wo, B, C]
+        patches = torch.cat(cols, -1) if len(cols) > 1 else cols[0]
+        out = torch.matmul(patches.reshape(ho * wo, -1, patches.shape[-1]), self.weight)  # [L, B, O]
+        if self.bias is not None:
+            out = out + self.bias
+        out = out.reshape(ho * wo, -1).t()  # [B·O, L]
+        return out.reshape(*lead, self.out_channels, ho, wo)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, in_hw={self.in_hw}, out_hw={self.out_hw}, "
+                f"taps={len(self.taps)}")
+
+
+def _positions_first_weight(conv: UnsharedConv2d, rows: list[int], cols: list[int]) -> torch.Tensor:
+    """``[L, g, O/g, C/g·kh·kw]`` → ``[L, K·C, O]`` over the kept taps, tap-major like the patches."""
+    positions, groups, o_per_g, _ = conv.weight.shape
+    c_per_g = conv.in_channels // groups
+    kh, kw = conv.kernel_size
+    w = conv.weight.detach().reshape(positions, groups, o_per_g, c_per_g, kh, kw)
+    w = w[:, :, :, :, rows][:, :, :, :, :, cols]  # kept taps
+    taps = len(rows) * len(cols)
+    w = w.reshape(positions, groups, o_per_g, c_per_g, taps)
+    dense = w.new_zeros(positions, taps, groups, c_per_g, groups, o_per_g)
+    for g in range(groups):  # block diagonal: output group g reads input group g only
+        dense[:, :, g, :, g, :] = w[:, g].permute(0, 3, 2, 1)
+    return dense.reshape(positions, taps * conv.in_channels, conv.out_channels).contiguous()
+
+
+class LoweredDiagonalSynapse(nn.Module):
+    """`DiagonalSynapse` ``y = w ⊙ s`` with ``w`` expanded to the full feature size.
+
+    ``feature_shape`` is the shape of one sample (the dims ``w`` broadcasts over);
+    inputs are viewed as ``[-1, prod(feature_shape)]`` so the multiplication broadcasts
+    over the leading dim only. The products are the same as the original's.
+    """
+
+    def __init__(self, synapse: DiagonalSynapse, feature_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.feature_shape = tuple(feature_shape)
+        w = synapse.weight.detach()
+        self.register_buffer("weight", w.expand(self.feature_shape).reshape(-1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.reshape(-1, self.weight.shape[0]) * self.weight).reshape(x.shape)
+
+    def extra_repr(self) -> str:
+        return f"feature_shape={self.feature_shape}"

@@ -1,0 +1,162 @@
+"""`lower_for_export`: the deploy graph with export-friendly neurons and synapses.
+
+An export-time pass (the deploy model itself stays SpikingJelly's): every IF/LIF/PLIF
+neuron and ternary twin becomes a `LoweredNeuron`, every `UnsharedConv2d` a
+`LoweredUnsharedConv2d`, every `DiagonalSynapse` a `LoweredDiagonalSynapse` (see
+`sj_realspike.lowered` for the op sequences and why).
+
+Step modes. The ONNX graph is stateless, so it always takes the whole sequence
+``[T, N, …]`` with a static ``T``:
+
+* multi-step (``'m'``) models already do; their neurons get ``[T, N, …]``.
+* single-step (``'s'``) models are run on the time-flattened batch ``[T·N, …]``:
+  every non-neuron op of a single-step model acts on each sample on its own, so it
+  computes all ``T`` steps at once, and each neuron views its input as ``[T, N·…]``
+  to run the recurrence. The lowered graph flattens the input and unflattens the
+  output (``[T, N, …]``, the stacked per-step outputs).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import OrderedDict
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from spikingjelly.activation_based import functional
+
+from .errors import UnsupportedPatternError
+from .lowered import LoweredDiagonalSynapse, LoweredUnsharedConv2d, lower_neuron, unsupported_neuron_reason
+from .neurons import is_neuron
+from .report import META_KEY
+from .synapses import DiagonalSynapse, UnsharedConv2d
+from .tracing import propagate_shapes
+
+__all__ = ["lower_for_export", "step_mode_of"]
+
+logger = logging.getLogger(__name__)
+
+
+def step_mode_of(model: nn.Module) -> str:
+    """The step mode shared by all neurons of ``model`` (``'s'`` or ``'m'``).
+
+    Raises:
+        UnsupportedPatternError: no neurons, or neurons in both step modes.
+    """
+    modes = {name: getattr(m, "step_mode", "s") for name, m in model.named_modules() if is_neuron(m)}
+    if not modes:
+        raise UnsupportedPatternError(type(model).__name__, "the model has no spiking neurons",
+                                      "Export SpikingJelly networks (or models from sj_realspike.fold)")
+    if len(set(modes.values())) > 1:
+        single = sorted(n for n, s in modes.items() if s == "s")[:3]
+        raise UnsupportedPatternError(
+            single[0], f"neurons run in both step modes (single-step: {', '.join(single)}, …)",
+            "Use one step mode for the whole network: functional.set_step_mode(net, 'm') before convert_model")
+    return next(iter(modes.values()))
+
+
+def lower_for_export(model: fx.GraphModule, example_input: torch.Tensor, *,
+                     inplace: bool = False) -> fx.GraphModule:
+    """The deploy graph rewritten for ``torch.onnx.export``; same function of the input sequence.
+
+    Args:
+        model: a deploy ``GraphModule`` (from `fold`).
+        example_input: the whole input sequence ``[T, N, …]``, in both step modes;
+            used once to record shapes (and ``T`` for single-step models).
+        inplace: rewrite ``model`` itself instead of a deep copy.
+
+    Returns:
+        An eval-mode ``GraphModule`` taking ``[T, N, …]`` and returning what the deploy
+        model returns for the sequence (single-step models: the per-step outputs stacked).
+        Neurons without a lowering are kept (multi-step only) and logged.
+
+    Raises:
+        UnsupportedPatternError: mixed step modes, or a single-step neuron that has no lowering.
+    """
+    gm = model if inplace else copy.deepcopy(model)
+    gm.eval()
+    functional.reset_net(gm)
+    mode = step_mode_of(gm)
+    steps = int(example_input.shape[0])
+    propagate_shapes(gm, example_input if mode == "m" else example_input[0])
+    modules = dict(gm.named_modules())
+    replaced: dict[str, nn.Module] = {}
+    kept: list[str] = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or node.target in replaced:
+            continue
+        m = modules[node.target]
+        new: nn.Module | None = None
+        if is_neuron(m):
+            reason = unsupported_neuron_reason(m)
+            if reason is None:
+                new = lower_neuron(m, time_steps=steps if mode == "s" else None)
+            elif mode == "s":
+                raise UnsupportedPatternError(
+                    node.target, f"single-step neuron without an export lowering: {reason}",
+                    "Switch the network to multi-step before convert_model "
+                    "(functional.set_step_mode(net, 'm')); multi-step neurons without a lowering "
+                    "are exported through SpikingJelly's own forward")
+            elif node.target not in kept:
+                kept.append(node.target)
+                logger.warning("neuron '%s' kept as SpikingJelly's %s (%s); exported through its own "
+                               "forward, which is correct but slower", node.target, type(m).__name__, reason)
+        elif isinstance(m, UnsharedConv2d):
+            new = LoweredUnsharedConv2d(m)
+        elif isinstance(m, DiagonalSynapse):
+            batch_dims = 2 if getattr(m, "step_mode", "s") == "m" else 1
+            new = LoweredDiagonalSynapse(m, tuple(node.args[0].meta["tensor_meta"].shape[batch_dims:]))
+        if new is not None:
+            replaced[node.target] = new.to(_device_of(m))
+            _set_module(gm, node.target, replaced[node.target])
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target in replaced:
+            _record_module_class(node, type(replaced[node.target]))
+    if mode == "s":
+        _flatten_time(gm, steps)
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    gm.eval()
+    gm.meta[META_KEY] = {**gm.meta.get(META_KEY, {}), "stage": "lowered", "step_mode": mode,
+                         "time_steps": steps, "kept_neurons": kept}
+    return gm
+
+
+def _flatten_time(gm: fx.GraphModule, steps: int) -> None:
+    """Feed ``[T, N, …]`` as ``[T·N, …]`` to a single-step graph; unflatten its outputs."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise UnsupportedPatternError(
+            gm.__class__.__name__, f"the model takes {len(placeholders)} inputs",
+            "Export models with a single input tensor")
+    x = placeholders[0]
+    with gm.graph.inserting_after(x):
+        flat = gm.graph.call_function(torch.flatten, (x, 0, 1))
+    x.replace_all_uses_with(flat, delete_user_cb=lambda user: user is not flat)
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    with gm.graph.inserting_before(out):
+        new_args = fx.node.map_arg(out.args, lambda n: gm.graph.call_function(torch.unflatten, (n, 0, (steps, -1))))
+    out.args = new_args
+
+
+def _record_module_class(node: fx.Node, cls: type) -> None:
+    """Name the new class in the node's module stack, which the ONNX exporter copies into node metadata."""
+    stack = OrderedDict(node.meta.get("nn_module_stack") or {node.target: (node.target, cls)})
+    key = next(reversed(stack))
+    stack[key] = (stack[key][0], cls)
+    node.meta["nn_module_stack"] = stack
+
+
+def _device_of(m: nn.Module) -> torch.device:
+    t = next(iter(m.parameters()), None)
+    if t is None:
+        t = next(iter(m.buffers()), None)
+    return t.device if t is not None else torch.device("cpu")
+
+
+def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
+    parent, _, name = target.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, name, module)
