@@ -1,0 +1,227 @@
+"""Where the spikes are in an exported ONNX graph, and whether anything scales them.
+
+``torch.onnx.export(dynamo=True)`` records on every node the module path and class
+of each enclosing module (``pkg.torch.onnx.name_scopes`` / ``.class_hierarchy``).
+A *spike tensor* is a float value produced inside a neuron module and read outside
+it: the neuron's output. From each one, `static_violations` walks the graph forward
+until the spikes reach a synapse (``Conv``, ``MatMul``, ``Gemm``, or an op of a
+`DiagonalSynapse`/`UnsharedConv2d` module, lowered or not), a neuron's membrane or
+the graph output; any op on the way that scales values (``Mul``/``Div``/``Neg``, a
+normalization) is a violation: a spike amplitude that was not folded. A product of
+two spike tensors (SEW ``AND``) is still a spike and passes.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+import onnx
+from spikingjelly.activation_based import neuron
+
+from .lowered import LoweredDiagonalSynapse, LoweredNeuron, LoweredTernaryNeuron, LoweredUnsharedConv2d
+from .neurons import TernaryParametricLIFNode
+from .synapses import DiagonalSynapse, UnsharedConv2d
+
+__all__ = ["SpikeTensor", "Violation", "spike_tensors", "static_violations"]
+
+_SCOPES, _CLASSES = "pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy"
+_NEURONS = (neuron.BaseNode, neuron.SimpleBaseNode, LoweredNeuron)
+_TERNARY = (neuron.TernaryIFNode, neuron.TernaryLIFNode, TernaryParametricLIFNode, LoweredTernaryNeuron)
+_SYNAPSE_MODULES = (DiagonalSynapse, UnsharedConv2d, LoweredDiagonalSynapse, LoweredUnsharedConv2d)
+_SYNAPSE_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MatMul", "MatMulInteger", "QLinearMatMul",
+                "Gemm", "Einsum"}
+_SCALING_OPS = {"Mul", "Div", "Neg", "Reciprocal", "BatchNormalization", "InstanceNormalization",
+                "LayerNormalization", "GroupNormalization", "LpNormalization", "MeanVarianceNormalization"}
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+
+
+@dataclass(frozen=True)
+class SpikeTensor:
+    """A neuron's output inside the graph."""
+
+    neuron: str  # module path, e.g. "layer1.0.sn1"
+    value: str  # ONNX value name
+    kind: str  # "binary" ({0, 1}) or "ternary" ({-1, 0, 1})
+    module_class: str
+
+
+@dataclass(frozen=True)
+class Violation:
+    """An op that scales a neuron's spikes before they reach a synapse."""
+
+    neuron: str
+    node: str
+    op_type: str
+    scope: str  # module path of the op ("" at top level)
+    module_class: str
+
+    def __str__(self) -> str:
+        where = f"in '{self.scope}' ({self.module_class})" if self.scope else "at top level"
+        return (f"{self.op_type} node '{self.node}' {where} scales the spikes of '{self.neuron}' "
+                f"before any synapse: an amplitude that was not folded")
+
+
+@dataclass(frozen=True)
+class _Scope:
+    neuron: tuple[str, str] | None  # innermost neuron module (path, class)
+    synapse: bool  # inside a fold-made synapse module
+    path: str  # innermost module path
+    cls: str
+
+
+@lru_cache(maxsize=None)
+def _resolve(qualname: str) -> type | None:
+    module, _, name = qualname.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return obj if isinstance(obj, type) else None
+
+
+def _scope(node: onnx.NodeProto) -> _Scope:
+    props = {p.key: p.value for p in node.metadata_props}
+    try:
+        paths = ast.literal_eval(props.get(_SCOPES, "[]"))
+        classes = ast.literal_eval(props.get(_CLASSES, "[]"))
+    except (ValueError, SyntaxError):
+        paths, classes = [], []
+    # Both lists end with the op itself; the entries before it are the enclosing modules.
+    modules = [(p, c) for p, c in zip(paths[:-1], classes[:-1]) if p]  # "" is the exporter's root wrapper
+    neuron_scope, synapse = None, False
+    for path, cls in modules:
+        resolved = _resolve(cls)
+        if resolved is not None and issubclass(resolved, _NEURONS):
+            neuron_scope = (path, cls)
+        if resolved is not None and issubclass(resolved, _SYNAPSE_MODULES):
+            synapse = True
+    path, cls = modules[-1] if modules else ("", "")
+    return _Scope(neuron_scope, synapse, path, cls)
+
+
+def _float_values(model: onnx.ModelProto) -> set[str]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    infos = [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
+    return {v.name for v in infos if v.type.tensor_type.elem_type in _FLOAT_TYPES}
+
+
+def _scopes(model: onnx.ModelProto) -> list[_Scope]:
+    """Each node's scope; a node without one (made by a graph rewrite) takes its first input's."""
+    nodes = list(model.graph.node)
+    if not any(_SCOPES in {p.key for p in n.metadata_props} for n in nodes):
+        raise ValueError("the ONNX graph records no module scopes: export it with torch.onnx.export(dynamo=True) "
+                         "(sj_realspike.export_onnx does) to find its neurons")
+    by_value: dict[str, _Scope] = {}
+    scopes = []
+    for n in nodes:
+        if any(p.key == _SCOPES for p in n.metadata_props):
+            scope = _scope(n)
+        else:
+            scope = next((by_value[v] for v in n.input if v in by_value), _Scope(None, False, "", ""))
+        scopes.append(scope)
+        by_value.update((out, scope) for out in n.output)
+    return scopes
+
+
+def spike_tensors(model: onnx.ModelProto) -> list[SpikeTensor]:
+    """Every neuron output in ``model`` (float values crossing a neuron module's boundary).
+
+    Raises:
+        ValueError: the graph carries no module scopes (not from ``torch.onnx.export(dynamo=True)``).
+    """
+    nodes = list(model.graph.node)
+    scopes = _scopes(model)
+    floats = _float_values(model)
+    producer = {out: i for i, n in enumerate(nodes) for out in n.output}
+    readers: dict[str, list[int | None]] = {}
+    for i, n in enumerate(nodes):
+        for name in n.input:
+            readers.setdefault(name, []).append(i)
+    for out in model.graph.output:
+        readers.setdefault(out.name, []).append(None)
+    found = []
+    for value, i in producer.items():
+        owner = scopes[i].neuron
+        if owner is None or value not in floats:
+            continue
+        if any(j is None or scopes[j].neuron != owner for j in readers.get(value, [])):
+            resolved = _resolve(owner[1])
+            kind = "ternary" if resolved is not None and issubclass(resolved, _TERNARY) else "binary"
+            found.append(SpikeTensor(owner[0], value, kind, owner[1]))
+    return found
+
+
+def static_violations(model: onnx.ModelProto, spikes: list[SpikeTensor] | None = None) -> list[Violation]:
+    """Ops that scale spikes between a neuron and the synapse that consumes them (empty: pure).
+
+    Args:
+        model: an exported model.
+        spikes: its spike tensors (default: `spike_tensors(model)`).
+    """
+    spikes = spike_tensors(model) if spikes is None else spikes
+    nodes = list(model.graph.node)
+    scopes = _scopes(model)
+    readers: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for name in n.input:
+            readers.setdefault(name, []).append(i)
+    logic = _spike_logic(model, {s.value for s in spikes})
+    producer = {out: i for i, n in enumerate(nodes) for out in n.output}
+    constants = {t.name for t in model.graph.initializer} | {o for n in nodes if n.op_type == "Constant" for o in n.output}
+    violations: list[Violation] = []
+    for s in spikes:
+        i = producer.get(s.value)
+        if i is not None and nodes[i].op_type in _SCALING_OPS and set(nodes[i].input) & constants:
+            # The neuron's output itself is scaled by a constant: an amplitude attributed to the neuron module.
+            violations.append(Violation(s.neuron, nodes[i].name, nodes[i].op_type, scopes[i].path, scopes[i].cls))
+            continue
+        frontier, seen = [s.value], set()
+        while frontier:
+            value = frontier.pop()
+            for i in readers.get(value, []):
+                if i in seen:
+                    continue
+                seen.add(i)
+                node, scope = nodes[i], scopes[i]
+                if scope.neuron is not None or scope.synapse or node.op_type in _SYNAPSE_OPS:
+                    continue  # a membrane or a synapse: the spikes arrived
+                if node.op_type in _SCALING_OPS and not set(node.output) <= logic:
+                    violations.append(Violation(s.neuron, node.name, node.op_type, scope.path, scope.cls))
+                    continue
+                frontier.extend(node.output)
+    return violations
+
+
+_STRUCTURAL_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Split", "Concat", "Gather",
+                   "Expand", "Tile", "Identity", "MaxPool", "Max", "Min", "Mul"}
+
+
+def _spike_logic(model: onnx.ModelProto, spike_values: set[str]) -> set[str]:
+    """Values that are still spikes: moved (reshape, slice, max-pool…) or combined by logic.
+
+    ``a · b`` of two spike values is AND, ``1 − a`` is NOT (SEW ``IAND``): the results are
+    spikes again, so a ``Mul`` producing one is not an amplitude. Nodes are in
+    topological order (an ONNX requirement), so one pass suffices.
+    """
+    floats = _float_values(model)
+    ones = {t.name for t in model.graph.initializer if _is_one(onnx.numpy_helper.to_array(t))}
+    logic = set(spike_values)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR \
+                and _is_one(onnx.numpy_helper.to_array(node.attribute[0].t)):
+            ones.update(node.output)
+        float_inputs = [v for v in node.input if v in floats]
+        if not float_inputs:
+            continue
+        if node.op_type in _STRUCTURAL_OPS and all(v in logic for v in float_inputs):
+            logic.update(node.output)
+        elif node.op_type == "Sub" and len(node.input) == 2 and node.input[0] in ones and node.input[1] in logic:
+            logic.update(node.output)
+    return logic
+
+
+def _is_one(array) -> bool:
+    return array.size == 1 and float(array.reshape(-1)[0]) == 1.0
