@@ -9,10 +9,14 @@ from .bundle import BundleError, load_bundle, save_bundle
 from .config import SpikeConfig, SpikeSpec
 from .convert import convert_model
 from .errors import ConfigError, RealSpikeError, UnsupportedPatternError
+from .export import ExportError, export_onnx
 from .fold import fold, fuse_batchnorm
+from .lowering import lower_for_export
 from .neurons import TernaryParametricLIFNode
 from .report import ConversionReport, FoldReport, conversion_report, fold_report
+from .runtime import OnnxRunner
 from .synapses import DiagonalSynapse, UnsharedConv2d
+from .verify import VerifyReport, verify
 
 __version__ = "0.1.0"
 
@@ -22,19 +26,25 @@ __all__ = [
     "ConfigError",
     "ConversionReport",
     "DiagonalSynapse",
+    "ExportError",
     "FoldReport",
+    "OnnxRunner",
     "RealSpikeError",
     "SpikeConfig",
     "SpikeSpec",
     "TernaryParametricLIFNode",
     "UnsharedConv2d",
     "UnsupportedPatternError",
+    "VerifyReport",
     "amplitude_parameters",
     "conversion_report",
     "convert_model",
+    "export_onnx",
     "fold",
     "fold_report",
     "fuse_batchnorm",
     "load_bundle",
+    "lower_for_export",
     "save_bundle",
+    "verify",
 ]
