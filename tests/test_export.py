@@ -1,0 +1,261 @@
+"""export_onnx, OnnxRunner and verify: bit-identical round trips, pure spikes, atomic files, clear errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+from spikingjelly.activation_based import base, functional, neuron
+
+import nets
+import sj_realspike as rs
+from sj_realspike.testing import firing_rate, make_dyadic, run
+from test_fold import ZOO_CELLS
+
+SPIKE_SETS = {"real": {0.0, 1.0}, "ternary": {-1.0, 0.0, 1.0}}
+STANDARD_OPS = {s.name for s in onnx.defs.get_all_schemas()}
+
+
+def _dyadic_model(net: nn.Module, x: torch.Tensor, spike: str, granularity: str, steps: bool) -> nn.Module:
+    example = x[0] if steps else x
+    model = rs.convert_model(net, example, spike=spike, granularity=granularity)
+    make_dyadic(model, example)
+    rate = firing_rate(model, x, steps)
+    assert 0.02 < rate < 0.8, f"test net fires at {rate:.3f}: equality would be (nearly) vacuous"
+    return model
+
+
+def _check_round_trip(model: nn.Module, x: torch.Tensor, path, spike: str, steps: bool) -> rs.VerifyReport:
+    """Export with N=2, verify with N=5 (dynamic batch): bit-identical and pure on a dyadic model."""
+    rs.export_onnx(model, path, x)
+    proto = onnx.load(path)
+    assert {n.domain for n in proto.graph.node} <= {""} and {n.op_type for n in proto.graph.node} <= STANDARD_OPS
+    assert not {n.op_type for n in proto.graph.node} & {"Where", "Loop", "Scan"}
+    meta = {p.key: p.value for p in proto.metadata_props}
+    kinds = {"ternary" if rs.neurons.is_ternary(m) else "binary" for m in rs.fold(model).modules()
+             if rs.neurons.is_neuron(m)}
+    assert meta["sj_realspike.spike"] == "+".join(sorted(kinds))
+    assert ("ternary" in kinds) == (spike == "ternary")
+    assert meta["sj_realspike.time_steps"] == str(x.shape[0])
+    assert meta["sj_realspike.input_layout"] == "T,N,C,H,W"
+    assert meta["sj_realspike.step_mode"] == ("s" if steps else "m")
+    assert meta["sj_realspike.version"] == rs.__version__
+
+    x5 = nets.example("m", size=x.shape[-1], T=x.shape[0], N=5, seed=1)
+    report = rs.verify(model, path, x5)
+    assert report.comparison("trained", "deploy").identical
+    assert report.bit_identical, str(report)
+    assert report.comparison("trained", "onnx").max_abs == 0.0
+    assert report.comparison("deploy", "onnx").top1_agreement == 1.0
+    assert report.pure, str(report)
+    assert report.spike_flip_rate == 0.0
+    for n in report.neurons:
+        assert set(n.values) <= SPIKE_SETS["ternary" if n.kind == "ternary" else "real"], n
+    assert len(report.neurons) == sum(rs.neurons.is_neuron(m) for m in rs.fold(model).modules())
+    y = rs.OnnxRunner(path, threads=1)(x5)
+    assert torch.equal(y, run(model, x5, steps)) and y.shape[1] == 5
+    return report
+
+
+# Every custom net × spike kind × granularity of the fold tests, with neuron type and step
+# mode rotating so that each neuron type and both step modes meet every net.
+NEURON_CYCLE = ["IF", "LIF", "PLIF", "LIF-soft"]
+CUSTOM_CASES = [(net, spike, gran, NEURON_CYCLE[(i + j) % 4], "ms"[(i + k) % 2])
+                for i, net in enumerate(["pool", "shortcut", "sum", "mlp"])
+                for j, spike in enumerate(["real", "ternary"])
+                for k, gran in enumerate(["layer", "channel", "element"])]
+
+
+@pytest.mark.parametrize("net_name,spike,granularity,neuron_name,step_mode", CUSTOM_CASES)
+def test_custom_nets_round_trip_bit_identical_and_pure(tmp_path, net_name, spike, granularity, neuron_name,
+                                                         step_mode):
+    x = nets.example("m", size=16)
+    steps = step_mode == "s"
+    model = _dyadic_model(nets.custom(net_name, neuron_name, step_mode), x, spike, granularity, steps)
+    _check_round_trip(model, x, tmp_path / "model.onnx", spike, steps)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name,neuron_name,spike,granularity", ZOO_CELLS)
+def test_zoo_round_trip_bit_identical_and_pure(tmp_path, model_name, neuron_name, spike, granularity):
+    x = nets.example("m", size=32)
+    model = _dyadic_model(nets.zoo(model_name, neuron_name), x, spike, granularity, steps=False)
+    report = _check_round_trip(model, x, tmp_path / "model.onnx", spike, steps=False)
+    if model_name == "spiking_resnet18" and granularity != "layer":
+        assert not report.violations  # the identity shortcuts' diagonal synapses are synapses, not amplitudes
+
+
+@pytest.mark.slow
+def test_zoo_single_step_round_trip(tmp_path):
+    x = nets.example("m", size=32)
+    model = _dyadic_model(nets.zoo("sew_resnet18", "LIF", step_mode="s"), x, "real", "channel", steps=True)
+    _check_round_trip(model, x, tmp_path / "model.onnx", "real", steps=True)
+
+
+def test_realistic_weights_report_flips_and_agreement(tmp_path):
+    """Random weights: ORT and PyTorch convolutions round differently, so spikes may flip at ties."""
+    torch.manual_seed(0)
+    x = torch.rand(4, 8, 3, 16, 16) * 2
+    model = rs.convert_model(nets.custom("shortcut", "LIF"), x, spike="ternary", granularity="channel")
+    with torch.no_grad():
+        for a in rs.amplitude_parameters(model):
+            a.uniform_(0.5, 1.5)
+    deploy = rs.fold(model)
+    rs.export_onnx(deploy, tmp_path / "m.onnx", x)
+    report = rs.verify(model, tmp_path / "m.onnx", x)
+    assert report.pure and report.purity == 1.0
+    assert report.spike_flip_rate is not None and report.spike_flip_rate <= 1e-3
+    assert report.comparison("deploy", "onnx").top1_agreement >= 0.875
+    assert report.comparison("deploy", "onnx").max_rel < 1e-2
+    text = str(report)
+    for heading in ("onnx vs deploy", "deploy vs trained", "purity (spike values only)", "spike flip rate"):
+        assert heading in text
+
+
+def test_unfolded_amplitude_fails_verify(tmp_path):
+    """A converted model exported without fold: its amplitudes scale spikes inside the graph."""
+    x = nets.example("m", size=16)
+    model = _dyadic_model(nets.custom("shortcut", "IF", "m"), x, "real", "channel", steps=False)
+    functional.reset_net(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), tmp_path / "planted.onnx", dynamo=True, verbose=False)
+    functional.reset_net(model)
+    report = rs.verify(model, tmp_path / "planted.onnx", x)
+    assert not report.pure
+    assert report.purity < 1.0  # neuron outputs hold amplitudes, not spikes
+    assert {v.neuron for v in report.violations} == {"stem.2", "sn1", "sn2", "sn3"}
+    assert all(v.op_type == "Mul" for v in report.violations)
+    assert "IMPURE: Mul node" in str(report)
+
+
+def test_unfolded_amplitude_in_its_own_scope_is_found_statically(tmp_path):
+    """Statically, the Mul is found where the exporter puts it: here in the Amplitude module's scope."""
+    x = nets.example("m", size=16)
+    model = _dyadic_model(nets.custom("shortcut", "LIF", "m"), x, "real", "layer", steps=False)
+    with torch.no_grad():
+        for a in rs.amplitude_parameters(model):
+            a.fill_(0.75)  # the exporter drops a multiplication by exactly 1
+    for node in model.graph.nodes:  # attribute each amplitude to its own module, not its neuron
+        if node.op == "call_module" and isinstance(model.get_submodule(node.target), rs.Amplitude):
+            node.meta.pop("nn_module_stack", None)
+    functional.reset_net(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), tmp_path / "planted.onnx", dynamo=True, verbose=False)
+    functional.reset_net(model)
+    report = rs.verify(model, tmp_path / "planted.onnx", x)
+    assert not report.pure and report.purity == 1.0  # the neurons themselves still emit spikes
+    assert {(v.op_type, v.scope, v.module_class) for v in report.violations} == {
+        ("Mul", f"{n}_amplitude", "sj_realspike.amplitude.Amplitude") for n in ("stem.2", "sn1", "sn2", "sn3")}
+
+
+def test_export_folds_a_converted_model_and_says_so(tmp_path, caplog):
+    x = nets.example("m", size=16)
+    model = _dyadic_model(nets.custom("pool", "IF", "m"), x, "real", "channel", steps=False)
+    with caplog.at_level(logging.WARNING, logger="sj_realspike.export"):
+        rs.export_onnx(model, tmp_path / "m.onnx", x)
+    assert "folding a copy first" in caplog.text
+    assert any(isinstance(m, rs.Amplitude) for m in model.modules())  # the user's model is untouched
+    assert rs.verify(model, tmp_path / "m.onnx", x).bit_identical
+
+
+def test_export_with_batch_one_example_and_static_batch(tmp_path):
+    x = nets.example("m", size=16, N=1)
+    deploy = rs.fold(_dyadic_model(nets.custom("shortcut", "LIF", "m"), x, "ternary", "layer", steps=False))
+    rs.export_onnx(deploy, tmp_path / "dyn.onnx", x)
+    x3 = nets.example("m", size=16, N=3, seed=2)
+    assert torch.equal(rs.OnnxRunner(tmp_path / "dyn.onnx")(x3), run(deploy, x3))
+    rs.export_onnx(deploy, tmp_path / "static.onnx", x, dynamic_batch=False)
+    runner = rs.OnnxRunner(tmp_path / "static.onnx")
+    assert runner.input_shape == (2, 1, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"must have shape \[2, 1, 3, 16, 16\], got \[2, 3, 3, 16, 16\]"):
+        runner(x3)
+
+
+def test_multi_step_neuron_without_lowering_is_exported_through_its_own_forward(tmp_path, caplog):
+    net = nn.Sequential(nn.Flatten(2), nn.Linear(3 * 8 * 8, 16), neuron.QIFNode(step_mode="m"), nn.Linear(16, 4))
+    x = torch.rand(3, 2, 3, 8, 8) * 4
+    with caplog.at_level(logging.WARNING):
+        rs.export_onnx(rs.fold(net), tmp_path / "m.onnx", x)
+    assert "kept as SpikingJelly's QIFNode" in caplog.text
+    report = rs.verify(rs.fold(net), tmp_path / "m.onnx", x)
+    assert report.pure and report.spike_flip_rate is not None
+    assert report.comparison("deploy", "onnx").max_rel < 1e-5
+
+
+def _no_leftovers(directory) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+def test_failed_export_leaves_no_file(tmp_path, monkeypatch):
+    x = nets.example("m", size=16)
+    deploy = rs.fold(_dyadic_model(nets.custom("pool", "LIF", "m"), x, "real", "layer", steps=False))
+    target = tmp_path / "m.onnx"
+    with pytest.raises(ValueError, match=r"pass the whole time sequence \[T, N, 3, 16, 16\]"):
+        rs.export_onnx(deploy, target, x[0])  # [N, C, H, W]: not a sequence
+    assert _no_leftovers(tmp_path) == []
+
+    def half_written(proto, tmp):  # the disk fills up half-way through the write
+        with open(tmp, "wb") as f:
+            f.write(proto.SerializeToString()[:100])
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(onnx, "save_model", half_written)
+    with pytest.raises(OSError, match="No space left"):
+        rs.export_onnx(deploy, target, x)
+    assert _no_leftovers(tmp_path) == []
+
+    target.write_bytes(b"previous model")
+    with pytest.raises(OSError, match="No space left"):
+        rs.export_onnx(deploy, target, x)
+    assert _no_leftovers(tmp_path) == ["m.onnx"] and target.read_bytes() == b"previous model"
+
+
+def test_exporter_failure_is_reported_without_a_file(tmp_path):
+    class Data(nn.Module, base.StepModule):  # an fx leaf with data-dependent control flow: torch.export fails
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x
+
+    net = nn.Sequential(nn.Linear(4, 4), neuron.IFNode(step_mode="m"), Data())
+    with pytest.raises(rs.ExportError, match="torch.onnx.export failed on the lowered deploy model"):
+        rs.export_onnx(rs.fold(net), tmp_path / "m.onnx", torch.rand(2, 2, 4))
+    assert _no_leftovers(tmp_path) == []
+
+
+def test_onnx_runner_checks_inputs_and_keeps_array_kind(tmp_path):
+    x = nets.example("m", size=16)
+    deploy = rs.fold(_dyadic_model(nets.custom("mlp", "IF", "m"), x, "real", "channel", steps=False))
+    rs.export_onnx(deploy, tmp_path / "m.onnx", x)
+    runner = rs.OnnxRunner(tmp_path / "m.onnx", threads=1)
+    assert runner.input_shape[0] == 2 and not isinstance(runner.input_shape[1], int)
+    assert runner.metadata["sj_realspike.spike"] == "binary"
+    y_np = runner(x.numpy())
+    assert isinstance(y_np, np.ndarray) and isinstance(runner(x), torch.Tensor)
+    np.testing.assert_array_equal(y_np, runner(x).numpy())
+    with pytest.raises(ValueError, match=r"must be float32, got float64 \(convert with x.astype\(np.float32\)"):
+        runner(x.numpy().astype(np.float64))
+    with pytest.raises(ValueError, match=r"must have shape \[2, \w+, 3, 16, 16\], got \[3, 2, 3, 16, 16\]"):
+        runner(torch.rand(3, 2, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"got \[2, 3, 16, 16\]"):
+        runner(torch.rand(2, 3, 16, 16))
+    with pytest.raises(TypeError, match="expected a numpy array or torch tensor, got list"):
+        runner([[1.0]])
+    with pytest.raises(FileNotFoundError, match="no ONNX model at"):
+        rs.OnnxRunner(tmp_path / "missing.onnx")
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage")
+    with pytest.raises(ValueError, match="onnxruntime cannot load"):
+        rs.OnnxRunner(tmp_path / "bad.onnx")
+
+    opts = rs.OnnxRunner(tmp_path / "m.onnx").session.get_session_options()
+    assert opts.intra_op_num_threads == rs.runtime.physical_cores() <= (os.cpu_count() or 1)
+    assert opts.inter_op_num_threads == 1
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert rs.OnnxRunner(tmp_path / "m.onnx", spinning=True).session.get_session_options() \
+        .get_session_config_entry("session.intra_op.allow_spinning") == "1"
