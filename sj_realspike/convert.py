@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +16,7 @@ from .flow import follow_amplitudes, neuron_batch_dims
 from .neurons import is_neuron, is_ternary, ternary_counterpart, to_ternary
 from .report import META_KEY, ConversionReport, ConvertedNeuron, SkippedNeuron
 from .tracing import propagate_shapes, trace
+from .state import copy_model
 
 __all__ = ["convert_model"]
 
@@ -75,7 +75,7 @@ def convert_model(
     default = SpikeSpec(spike=spike, granularity=granularity, init=1.0)
     config = config or SpikeConfig()
 
-    model = net if inplace else copy.deepcopy(net)
+    model = net if inplace else copy_model(net)
     gm = trace(model)
     propagate_shapes(gm, example_input)
     modules = dict(gm.named_modules())

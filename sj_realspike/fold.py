@@ -14,6 +14,7 @@ from .neurons import is_neuron, is_ternary
 from .report import META_KEY, FoldReport
 from .tracing import trace
 from .weights import fuse_conv_bn_weights, fuse_linear_bn_weights
+from .state import copy_model
 
 __all__ = ["fold", "fuse_batchnorm"]
 
@@ -43,7 +44,7 @@ def fold(model: nn.Module, *, inplace: bool = False) -> fx.GraphModule:
     Raises:
         UnsupportedPatternError: an amplitude cannot be folded exactly (names the node).
     """
-    gm = model if inplace else copy.deepcopy(model)
+    gm = model if inplace else copy_model(model)
     if not isinstance(gm, fx.GraphModule):
         gm = trace(gm)
     dtype = next((p.dtype for p in gm.parameters() if p.is_floating_point()), torch.float32)

@@ -200,3 +200,22 @@ def test_shortcut_becomes_diagonal_synapse_and_residual_sum_splits_synapses():
     # b2's conv reads stem + b1 spikes: one scaled copy per addend
     assert {n for n in rs.fold_report(sums).scaled_synapses if n.startswith("b2.0__")} == {
         "b2.0__stem_2", "b2.0__b1_2"}
+
+
+def _neuron_states(model: nn.Module) -> list:
+    return [m.v for m in model.modules() if rs.neurons.is_neuron(m)]
+
+
+def test_passes_leave_neuron_state_reset_and_deploy_runs_on_any_batch(tmp_path):
+    x = nets.example("m")
+    model = rs.convert_model(nets.custom("shortcut", "LIF"), x, spike="ternary")
+    assert all(v == 0.0 for v in _neuron_states(model))
+    model(x)  # the user runs it and forgets to reset
+    deploy = rs.fold(model)
+    assert all(v == 0.0 for v in _neuron_states(deploy))
+    model(x)
+    rs.export_onnx(rs.fold(model), tmp_path / "m.onnx", x)
+    assert all(v == 0.0 for v in _neuron_states(deploy))
+    small, large = run(deploy, x), run(deploy, nets.example("m", N=5, seed=1))
+    assert small.shape == (2, 2, 10) and large.shape == (2, 5, 10)
+    assert torch.equal(run(deploy, x), small)
