@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from quickstart import make_net
 from spikingjelly.activation_based import functional
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import sj_realspike as rs
-from quickstart import make_net
 
 
 def main() -> None:

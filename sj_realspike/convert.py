@@ -15,8 +15,8 @@ from .errors import UnsupportedPatternError
 from .flow import follow_amplitudes, neuron_batch_dims
 from .neurons import is_neuron, is_ternary, ternary_counterpart, to_ternary
 from .report import META_KEY, ConversionReport, ConvertedNeuron, SkippedNeuron
-from .tracing import propagate_shapes, trace
 from .state import copy_model
+from .tracing import propagate_shapes, trace
 
 __all__ = ["convert_model"]
 

@@ -12,9 +12,9 @@ from spikingjelly.activation_based import base, functional
 from .flow import follow_amplitudes
 from .neurons import is_neuron, is_ternary
 from .report import META_KEY, FoldReport
+from .state import copy_model
 from .tracing import trace
 from .weights import fuse_conv_bn_weights, fuse_linear_bn_weights
-from .state import copy_model
 
 __all__ = ["fold", "fuse_batchnorm"]
 

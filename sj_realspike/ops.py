@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
-import operator
 import numbers
+import operator
 
 import torch
 import torch.fx as fx

@@ -8,14 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
+import nets
 import pytest
 import torch
 
-import nets
 import sj_realspike as rs
-from sj_realspike.testing import run
 from sj_realspike.bundle import resolve_kwargs
+from sj_realspike.testing import run
 
 TESTS = Path(__file__).parent
 FACTORY = ["--model", "nets:custom", "--kwargs", '{"name": "sum", "neuron_name": "LIF"}',

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import nets
 import pytest
 import torch
 from spikingjelly.activation_based import neuron
 
-import nets
 import sj_realspike as rs
 from sj_realspike import SpikeConfig, SpikeSpec
 from sj_realspike.config import shipped_recipes

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import copy
 
+import nets
 import pytest
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional, layer, neuron, surrogate
 
-import nets
 import sj_realspike as rs
 from sj_realspike.testing import run
 

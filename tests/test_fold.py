@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import copy
-
+import nets
 import pytest
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional, layer, neuron
 
-import nets
 import sj_realspike as rs
-from sj_realspike.testing import assert_exact_in_fp32, firing_rate, make_dyadic, run, spike_values
+from sj_realspike.testing import (
+    assert_exact_in_fp32,
+    firing_rate,
+    make_dyadic,
+    run,
+    spike_values,
+)
 
 SPIKE_SETS = {"real": {0.0, 1.0}, "ternary": {-1.0, 0.0, 1.0}}
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from sj_realspike.synapses import DiagonalSynapse, UnsharedConv2d
-from sj_realspike.weights import scale_input_channels, scale_linear_columns, unshared_conv_weight
+from sj_realspike.weights import (
+    scale_input_channels,
+    scale_linear_columns,
+    unshared_conv_weight,
+)
 
 torch.manual_seed(0)
 
