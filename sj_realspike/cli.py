@@ -79,8 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("bundle")
     e.add_argument("-o", "--output", required=True, metavar="MODEL.ONNX")
     e.add_argument("--opset", type=int)
+    e.add_argument("--time-steps", type=int, metavar="T", help="sequence length to export (single-step models only)")
 
-    v = command("verify", "Compare trained model, deploy model and ONNX; check spike purity in the ONNX graph.")
+    v = command("verify", "Compare trained model, deploy model and ONNX; check spike purity in the ONNX graph "
+                          "(exit status 1 if impure).")
     v.add_argument("bundle")
     v.add_argument("onnx")
     v.add_argument("--input", metavar="X.NPY", help="input batch (default: random in [0, 1) of the example shape)")
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = globals()[f"_cmd_{args.command}"]
     try:
         return handler(args) or 0
-    except (CliError, RealSpikeError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
+    except (CliError, RealSpikeError, OSError, ValueError, TypeError) as e:
         if args.debug:
             raise
         print(f"sj-realspike: error: {e}", file=sys.stderr)
@@ -156,8 +158,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
 
     model = load_bundle(args.bundle)
-    example = torch.rand(model.meta["sj_realspike"]["example_shape"])
-    export_onnx(model, args.output, example, opset=args.opset)
+    shape = list(model.meta["sj_realspike"]["example_shape"])
+    if model.meta["sj_realspike"]["source"]["step_mode"] == "s":
+        if not args.time_steps:
+            raise CliError("this is a single-step model: pass --time-steps T (the exported graph runs T steps)")
+        shape = [args.time_steps, *shape]
+    elif args.time_steps:
+        raise CliError("--time-steps is only for single-step models; T comes from the bundle's example shape")
+    export_onnx(model, args.output, torch.rand(shape), opset=args.opset)
     print(f"wrote {args.output}")
     return 0
 
@@ -167,11 +175,16 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from .verify import verify
 
     model = load_bundle(args.bundle)
-    shape = model.meta["sj_realspike"]["example_shape"]
-    x = torch.from_numpy(_load_array(args.input)) if args.input else torch.rand(shape)
+    if args.input:
+        x = torch.from_numpy(_load_array(args.input))
+    else:  # the ONNX input shape, with the bundle's batch size for a dynamic batch
+        from .runtime import OnnxRunner
+
+        batch = model.meta["sj_realspike"]["example_shape"][1 if model.meta["sj_realspike"]["source"]["step_mode"] == "m" else 0]
+        x = torch.rand([d if isinstance(d, int) else batch for d in OnnxRunner(args.onnx).input_shape])
     report = verify(model, args.onnx, x)
     print(report)
-    return 0
+    return 0 if report.pure else 1
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

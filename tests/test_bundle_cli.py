@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import nets
+import numpy as np
 import pytest
 import torch
 
@@ -128,3 +129,31 @@ def test_truncated_bundle_is_reported(tmp_path):
 def test_every_command_help_shows_an_example(command):
     r = subprocess.run([sys.executable, "-m", "sj_realspike.cli", command, "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "example" in r.stdout and f"sj-realspike {command}" in r.stdout
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_sew_resnet18_with_recipe(tmp_path):
+    kwargs = json.dumps({"spiking_neuron": "spikingjelly.activation_based.neuron.LIFNode", "cnf": "ADD",
+                         "num_classes": 10})
+    steps = [
+        ("convert", "--model", "spikingjelly.activation_based.model.sew_resnet:sew_resnet18", "--kwargs", kwargs,
+         "--example-shape", "2,2,3,32,32", "--recipe", "sew_resnet", "-o", "c.bundle"),
+        ("fold", "c.bundle", "-o", "d.bundle"),
+        ("export", "d.bundle", "-o", "model.onnx"),
+        ("verify", "c.bundle", "model.onnx"),
+    ]
+    for argv in steps:
+        r = cli(*argv, cwd=tmp_path)
+        assert r.returncode == 0, f"{argv[0]}: {r.stderr}"
+    assert "purity (spike values only)                  100.00%" in r.stdout
+    np.save(tmp_path / "x.npy", np.random.rand(2, 3, 3, 32, 32).astype(np.float32))
+    r = cli("run", "model.onnx", "--input", "x.npy", "-o", "y.npy", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "y.npy").shape == (2, 3, 10)
+    # wrong T at run time: one line, expected vs given, no output file
+    np.save(tmp_path / "x4.npy", np.random.rand(4, 3, 3, 32, 32).astype(np.float32))
+    r = cli("run", "model.onnx", "--input", "x4.npy", "-o", "y4.npy", cwd=tmp_path)
+    assert r.returncode == 2 and "must have shape [2, " in r.stderr and "got [4, 3, 3, 32, 32]" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "y4.npy").exists()
+    r = cli("inspect", "model.onnx", cwd=tmp_path)
+    assert r.returncode == 0 and "sj_realspike.spike" in r.stdout and "binary" in r.stdout
