@@ -30,7 +30,7 @@ EXAMPLES = {
     "verify": "example:\n  sj-realspike verify converted.bundle model.onnx --input x.npy",
     "run": "example:\n  sj-realspike run model.onnx --input x.npy -o y.npy",
     "inspect": "examples:\n  sj-realspike inspect converted.bundle\n  sj-realspike inspect model.onnx",
-    "demo": "example:\n  sj-realspike demo --quick",
+    "demo": "examples:\n  sj-realspike demo\n  sj-realspike demo --quick --out demo_out",
 }
 
 
@@ -96,13 +96,19 @@ def _parser() -> argparse.ArgumentParser:
     i = command("inspect", "Describe a bundle (layers, amplitudes, parameters) or an ONNX model.")
     i.add_argument("path")
 
-    d = command("demo", "Train, fold, export and compare the five variants on scikit-learn's digits.")
-    d.add_argument("demo_args", nargs=argparse.REMAINDER, help="arguments passed to the demo (see demo --help)")
+    command("demo", "Train, fold, export and compare the five variants on scikit-learn's digits "
+                    "(options: see python -m sj_realspike.demo --help).")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sj-realspike`` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"] and argv[1:2] not in (["-h"], ["--help"]):
+        # argparse.REMAINDER does not take options that start with '-': hand them over whole.
+        from . import demo
+
+        return demo.main(argv[1:])
     args = _parser().parse_args(argv)
     handler = globals()[f"_cmd_{args.command}"]
     try:
@@ -216,12 +222,6 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     else:
         print(_describe_bundle(path))
     return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo
-
-    return demo.main(args.demo_args)
 
 
 # ----------------------------------------------------------------------------- helpers
