@@ -9,6 +9,7 @@ import torch.fx as fx
 import torch.nn as nn
 from spikingjelly.activation_based import base, functional
 
+from .errors import UnsupportedPatternError
 from .flow import follow_amplitudes
 from .neurons import is_neuron, is_ternary
 from .report import META_KEY, FoldReport
@@ -44,6 +45,9 @@ def fold(model: nn.Module, *, inplace: bool = False) -> fx.GraphModule:
     Raises:
         UnsupportedPatternError: an amplitude cannot be folded exactly (names the node).
     """
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        raise UnsupportedPatternError(type(model).__name__, "a data-parallel wrapper cannot be folded",
+                                      "Fold the wrapped model on one rank: sj_realspike.fold(model.module)")
     gm = model if inplace else copy_model(model)
     if not isinstance(gm, fx.GraphModule):
         gm = trace(gm)

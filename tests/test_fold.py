@@ -223,3 +223,9 @@ def test_passes_leave_neuron_state_reset_and_deploy_runs_on_any_batch(tmp_path):
     small, large = run(deploy, x), run(deploy, nets.example("m", N=5, seed=1))
     assert small.shape == (2, 2, 10) and large.shape == (2, 5, 10)
     assert torch.equal(run(deploy, x), small)
+
+
+def test_data_parallel_wrapper_is_refused_with_remedy():
+    model = rs.convert_model(nets.custom("pool", "IF"), nets.example("m"))
+    with pytest.raises(rs.UnsupportedPatternError, match=r"fold\(model.module\)"):
+        rs.fold(nn.DataParallel(model))
