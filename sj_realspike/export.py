@@ -22,7 +22,7 @@ from .lowering import lower_for_export, step_mode_of
 from .neurons import is_neuron, is_ternary
 from .report import META_KEY
 
-__all__ = ["ExportError", "export_onnx", "as_deploy_model", "METADATA_PREFIX"]
+__all__ = ["METADATA_PREFIX", "ExportError", "as_deploy_model", "export_onnx"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_i
         The written path.
 
     Raises:
+        TypeError: ``example_input`` is not a tensor.
         ValueError: ``example_input`` is not a float tensor ``[T, N, …]`` the model accepts.
         UnsupportedPatternError: the model cannot be folded or lowered (names the node).
         ExportError: the exporter or the ONNX checker failed.
@@ -110,7 +111,7 @@ def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_i
 
 def _check_example(model: nn.Module, example_input: torch.Tensor, mode: str) -> torch.Tensor:
     if not isinstance(example_input, torch.Tensor):
-        raise ValueError(f"example_input must be a torch.Tensor [T, N, ...], got {type(example_input).__name__}")
+        raise TypeError(f"example_input must be a torch.Tensor [T, N, ...], got {type(example_input).__name__}")
     if not example_input.is_floating_point() or example_input.dim() < 3:
         raise ValueError(
             f"example_input must be a float tensor [T, N, features...] (the whole time sequence), "

@@ -7,8 +7,10 @@ onnxruntime runs fast on CPU:
 * Neurons run their elementwise work on ``[T, M]`` tensors (time first, all other
   dims flattened): onnxruntime's broadcast kernels are slow on shapes that end in
   size-1 dims such as ``[T, N, 512, 1, 1]``. Time steps are unrolled over one
-  ``Split``; no ``Where`` (several times the cost of a ``Mul`` in onnxruntime):
-  a hard reset is ``keep = h < θ; v = h · keep`` and the spikes are ``1 − keep``.
+  ``Split`` and joined by one ``Concat``. No ``Where`` (several times the cost of a
+  ``Mul`` in onnxruntime) and no ``Sign`` (not vectorized there): a hard reset is
+  ``keep = [h < θ]; v = h · keep``, binary spikes are ``1 − keep``, ternary ones
+  ``clip(h − v, −θ, θ) / θ``.
 * The charge keeps SpikingJelly's own operation order (``v + (x − (v − v_r)) / τ``),
   so a lowered neuron equals SpikingJelly's fp32 forward bit for bit; only a division
   by a power-of-two ``τ`` becomes the (identical) multiplication by ``1/τ``.
@@ -33,12 +35,12 @@ from .neurons import TernaryParametricLIFNode
 from .synapses import DiagonalSynapse, UnsharedConv2d
 
 __all__ = [
-    "LoweredNeuron",
+    "LOWERABLE_NEURONS",
     "LoweredBinaryNeuron",
+    "LoweredDiagonalSynapse",
+    "LoweredNeuron",
     "LoweredTernaryNeuron",
     "LoweredUnsharedConv2d",
-    "LoweredDiagonalSynapse",
-    "LOWERABLE_NEURONS",
     "lower_neuron",
     "unsupported_neuron_reason",
 ]
@@ -175,19 +177,23 @@ class LoweredTernaryNeuron(LoweredNeuron):
                     v = h - (s if th == 1.0 else s * th)
                 spikes.append(s)
             return torch.cat(spikes, 0)
-        hs, vs = [], []
+        hs, vs = [], []  # r = 0: vs holds v; else the fired masks
         for x in xs:
             h = self.charged(v, x)
             keep = (h.abs() < th).to(h.dtype)  # −θ < h < θ: no spike
-            v = h * keep if self.v_reset == 0.0 else h * keep + (1.0 - keep) * self.v_reset
+            if self.v_reset == 0.0:
+                v = h * keep
+                vs.append(v)
+            else:
+                fired = 1.0 - keep
+                v = h * keep + fired * self.v_reset
+                vs.append(fired)
             hs.append(h)
-            vs.append(v)
-        h_all = torch.cat(hs, 0)
-        if self.v_reset == 0.0:
-            # Fired: h − 0 = h, sign ±1; silent: h − h = +0.
-            return torch.sign(h_all - torch.cat(vs, 0))
-        fired = 1.0 - (h_all.abs() < th).to(h_all.dtype)
-        return torch.sign(h_all) * fired
+        h_all, other = torch.cat(hs, 0), torch.cat(vs, 0)
+        # Fired: |h| ≥ θ, clipped to ±θ; silent: 0. r = 0: h − v is h (fired) or h − h = +0 (silent);
+        # otherwise h · fired. Sign would do, but is slow in onnxruntime.
+        s = torch.clamp(h_all - other if self.v_reset == 0.0 else h_all * other, -th, th)
+        return s if th == 1.0 else s / th
 
 
 def unsupported_neuron_reason(m: nn.Module) -> str | None:
@@ -218,7 +224,7 @@ def lower_neuron(m: nn.Module, time_steps: int | None = None) -> LoweredNeuron:
     if reason is not None:
         raise ValueError(reason)
     cls = LoweredTernaryNeuron if isinstance(m, _TERNARY) else LoweredBinaryNeuron
-    common = dict(v_threshold=float(m.v_threshold), v_reset=m.v_reset, time_steps=time_steps)
+    common = {"v_threshold": float(m.v_threshold), "v_reset": m.v_reset, "time_steps": time_steps}
     if isinstance(m, (neuron.ParametricLIFNode, TernaryParametricLIFNode)):
         with torch.no_grad():
             q = m.w.detach().sigmoid()  # the value SpikingJelly multiplies by, in the same dtype

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ast
 import importlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import onnx
 from spikingjelly.activation_based import neuron
@@ -72,7 +72,7 @@ class _Scope:
     cls: str
 
 
-@lru_cache(maxsize=None)
+@cache
 def _resolve(qualname: str) -> type | None:
     module, _, name = qualname.rpartition(".")
     try:
@@ -90,7 +90,7 @@ def _scope(node: onnx.NodeProto) -> _Scope:
     except (ValueError, SyntaxError):
         paths, classes = [], []
     # Both lists end with the op itself; the entries before it are the enclosing modules.
-    modules = [(p, c) for p, c in zip(paths[:-1], classes[:-1]) if p]  # "" is the exporter's root wrapper
+    modules = [(p, c) for p, c in zip(paths[:-1], classes[:-1], strict=False) if p]  # "" is the exporter's root wrapper
     neuron_scope, synapse = None, False
     for path, cls in modules:
         resolved = _resolve(cls)

@@ -118,7 +118,7 @@ class OnnxRunner:
         expected = self.input_shape
         shown = "[" + ", ".join(str(d) if isinstance(d, int) else str(d or "?") for d in expected) + "]"
         if array.ndim != len(expected) or any(
-                isinstance(d, int) and d != n for d, n in zip(expected, array.shape)):
+                isinstance(d, int) and d != n for d, n in zip(expected, array.shape, strict=True)):
             raise ValueError(f"input '{self.input_name}' must have shape {shown}, got {list(array.shape)}")
         if any(n == 0 for n in array.shape):
             raise ValueError(f"input '{self.input_name}' is empty: shape {list(array.shape)}")

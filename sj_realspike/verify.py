@@ -232,5 +232,5 @@ def _spike_values(proto: onnx.ModelProto, spikes: list[SpikeTensor], x: np.ndarr
             outputs.add(s.value)
     runner = OnnxRunner(probe, optimize=False)
     results = runner.session.run(None, {runner.input_name: np.ascontiguousarray(x)})
-    return dict(zip(runner.output_names, results))
+    return dict(zip(runner.output_names, results, strict=True))
 

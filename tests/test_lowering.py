@@ -32,7 +32,7 @@ CASES = [(n, r, d) for n, r, d in itertools.product(NEURON_TYPES, RESETS, [True,
 
 
 def _neuron(name: str, reset: str, decay_input: bool, v_threshold: float = 1.0) -> nn.Module:
-    kw = dict(v_reset=RESETS[reset], v_threshold=v_threshold, step_mode="m")
+    kw = {"v_reset": RESETS[reset], "v_threshold": v_threshold, "step_mode": "m"}
     if name not in ("IF", "TernaryIF"):
         kw["decay_input"] = decay_input
     return NEURON_TYPES[name](**kw).eval()
