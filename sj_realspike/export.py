@@ -94,7 +94,7 @@ def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_i
     proto = _export(lowered, x, opset, dynamic_batch)
     kinds = sorted({"ternary" if isinstance(m, LoweredTernaryNeuron) or is_ternary(m) else "binary"
                     for m in lowered.modules() if isinstance(m, LoweredNeuron) or is_neuron(m)})
-    from . import __version__
+    from . import __version__  # at call time: the package sets it after importing this module
 
     metadata = {
         "spike": "+".join(kinds),
