@@ -13,6 +13,7 @@ from .export import ExportError, export_onnx
 from .fold import fold, fuse_batchnorm
 from .lowering import lower_for_export
 from .neurons import TernaryParametricLIFNode
+from .nir_export import NIR_DT, export_nir, import_nir
 from .report import ConversionReport, FoldReport, conversion_report, fold_report
 from .runtime import OnnxRunner
 from .synapses import DiagonalSynapse, UnsharedConv2d
@@ -28,6 +29,7 @@ __all__ = [
     "DiagonalSynapse",
     "ExportError",
     "FoldReport",
+    "NIR_DT",
     "OnnxRunner",
     "RealSpikeError",
     "SpikeConfig",
@@ -39,10 +41,12 @@ __all__ = [
     "amplitude_parameters",
     "conversion_report",
     "convert_model",
+    "export_nir",
     "export_onnx",
     "fold",
     "fold_report",
     "fuse_batchnorm",
+    "import_nir",
     "load_bundle",
     "lower_for_export",
     "save_bundle",
