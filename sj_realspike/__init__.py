@@ -8,6 +8,7 @@ from .amplitude import Amplitude, amplitude_parameters
 from .bundle import BundleError, load_bundle, save_bundle
 from .config import SpikeConfig, SpikeSpec
 from .convert import convert_model
+from .energy import EnergyReport, LayerEnergy, ModelEnergy, energy_report
 from .errors import ConfigError, RealSpikeError, UnsupportedPatternError
 from .export import ExportError, export_onnx
 from .fold import fold, fuse_batchnorm
@@ -27,8 +28,11 @@ __all__ = [
     "ConfigError",
     "ConversionReport",
     "DiagonalSynapse",
+    "EnergyReport",
     "ExportError",
     "FoldReport",
+    "LayerEnergy",
+    "ModelEnergy",
     "NIR_DT",
     "OnnxRunner",
     "RealSpikeError",
@@ -41,6 +45,7 @@ __all__ = [
     "amplitude_parameters",
     "conversion_report",
     "convert_model",
+    "energy_report",
     "export_nir",
     "export_onnx",
     "fold",

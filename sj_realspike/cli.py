@@ -29,7 +29,8 @@ EXAMPLES = {
     "export": "example:\n  sj-realspike export deploy.bundle -o model.onnx",
     "verify": "example:\n  sj-realspike verify converted.bundle model.onnx --input x.npy",
     "run": "example:\n  sj-realspike run model.onnx --input x.npy -o y.npy",
-    "inspect": "examples:\n  sj-realspike inspect converted.bundle\n  sj-realspike inspect model.onnx",
+    "inspect": "examples:\n  sj-realspike inspect converted.bundle\n  sj-realspike inspect model.onnx\n"
+               "  sj-realspike inspect converted.bundle --energy --energy-plot energy.png",
     "demo": "examples:\n  sj-realspike demo\n  sj-realspike demo --quick --out demo_out",
 }
 
@@ -95,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
 
     i = command("inspect", "Describe a bundle (layers, amplitudes, parameters) or an ONNX model.")
     i.add_argument("path")
+    i.add_argument("--energy", action="store_true",
+                   help="bundles: synaptic ops and 45 nm energy per layer before and after fold, on a random "
+                        "input of the example shape")
+    i.add_argument("--energy-plot", metavar="PNG", help="also write the energy bar chart (implies --energy)")
 
     command("demo", "Train, fold, export and compare the five variants on scikit-learn's digits "
                     "(options: see python -m sj_realspike.demo --help).")
@@ -217,10 +222,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if not path.is_file():
         raise CliError(f"{path} does not exist")
+    energy = args.energy or args.energy_plot
     if path.suffix == ".onnx":
+        if energy:
+            raise CliError("--energy needs a bundle (the model before and after fold), not an ONNX graph")
         print(_describe_onnx(path))
     else:
         print(_describe_bundle(path))
+        if energy:
+            print()
+            print(_energy(path, args.energy_plot))
     return 0
 
 
@@ -264,6 +275,19 @@ def _describe_bundle(path: Path) -> str:
     params = sum(p.numel() for p in model.parameters())
     table = format_table(["neuron", "type", "spikes", "granularity", "amplitude", "min / mean / max", "negative"], rows)
     return "\n".join(head + ["", table, "", f"parameters: {params:,}"])
+
+
+def _energy(path: Path, plot: str | None) -> str:
+    from .bundle import load_bundle, read_manifest
+    from .energy import energy_report
+
+    manifest, _ = read_manifest(path)
+    x = torch.rand(manifest["example_shape"], generator=torch.Generator().manual_seed(0))
+    report = energy_report(load_bundle(path), x)
+    if plot:
+        report.plot(plot)
+        return f"{report}\nwrote {plot}"
+    return str(report)
 
 
 def _describe_onnx(path: Path) -> str:
