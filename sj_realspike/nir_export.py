@@ -23,7 +23,10 @@ other op without a NIR primitive. Every refusal is an `UnsupportedPatternError`.
 
 NIR's neurons fire at ``v > θ`` in the specification while SpikingJelly fires at
 ``v ≥ θ``; importers that follow SpikingJelly (this module's `import_nir`) reproduce the
-deploy model exactly, other toolchains may differ where a membrane lands on ``θ``.
+deploy model exactly, other toolchains may differ where a membrane lands on ``θ``. Importers
+also sum a node's incoming edges in their own order: where three or more branches meet (SEW
+residual streams), float32 rounding can differ from the deploy model's order (round trips are
+bit-exact on dyadic models; on sew_resnet18 with off-grid weights, 6e-8 relative).
 """
 
 from __future__ import annotations
