@@ -142,6 +142,7 @@ def import_nir(graph: nir.NIRGraph | str | os.PathLike[str], *, dt: float = NIR_
 
     Raises:
         ValueError: a node SpikingJelly cannot represent (e.g. non-uniform neuron parameters).
+        ImportError: ``nir``/``nirtorch`` are not installed (``pip install 'sj-realspike[nir]'``).
     """
     nir, nirtorch = _require_nir()
     # The node mapper behind SpikingJelly's public import_from_nir (spikingjelly>=2,<3).
