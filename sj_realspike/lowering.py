@@ -18,7 +18,6 @@ Step modes. The ONNX graph is stateless, so it always takes the whole sequence
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections import OrderedDict
 
@@ -28,9 +27,15 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional
 
 from .errors import UnsupportedPatternError
-from .lowered import LoweredDiagonalSynapse, LoweredUnsharedConv2d, lower_neuron, unsupported_neuron_reason
+from .lowered import (
+    LoweredDiagonalSynapse,
+    LoweredUnsharedConv2d,
+    lower_neuron,
+    unsupported_neuron_reason,
+)
 from .neurons import is_neuron
 from .report import META_KEY
+from .state import copy_model
 from .synapses import DiagonalSynapse, UnsharedConv2d
 from .tracing import propagate_shapes
 
@@ -75,7 +80,7 @@ def lower_for_export(model: fx.GraphModule, example_input: torch.Tensor, *,
     Raises:
         UnsupportedPatternError: mixed step modes, or a single-step neuron that has no lowering.
     """
-    gm = model if inplace else copy.deepcopy(model)
+    gm = model if inplace else copy_model(model)
     gm.eval()
     functional.reset_net(gm)
     mode = step_mode_of(gm)
