@@ -179,7 +179,9 @@ def _insert_amplitude(gm: fx.GraphModule, node: fx.Node, neuron: nn.Module, spec
     gm.add_submodule(target, amp)
     with gm.graph.inserting_after(node):
         amp_node = gm.graph.call_module(target, (node,))
-    amp_node.meta = dict(node.meta)
+    # Same shape and dtype as the spikes; but not the neuron's module identity, or exporters
+    # would attribute the amplitude's ops to the neuron's scope.
+    amp_node.meta = {k: v for k, v in node.meta.items() if k not in ("nn_module_stack", "source_fn_stack")}
     node.replace_all_uses_with(amp_node, delete_user_cb=lambda user: user is not amp_node)
     return amp_node
 

@@ -254,3 +254,14 @@ def test_wrong_example_shape_names_the_failing_node():
     with pytest.raises(rs.UnsupportedPatternError,
                        match=r"node 'features_0': running example_input of shape \(2, 3, 16, 16\) .*\[T, N, \.\.\.\]"):
         rs.convert_model(nets.custom("pool", "IF", "m"), nets.example("m")[0])
+
+
+def test_amplitude_nodes_do_not_claim_the_neurons_module_scope():
+    # Exporters name ops by nn_module_stack: the amplitude must not be attributed to the neuron.
+    x = nets.example("m")
+    model = rs.convert_model(nets.custom("pool", "IF", "m"), x)
+    amps = [n for n in model.graph.nodes if n.op == "call_module" and n.target.endswith("_amplitude")]
+    assert len(amps) == 5
+    for node in amps:
+        assert "nn_module_stack" not in node.meta, node.name
+        assert tuple(node.meta["tensor_meta"].shape) == tuple(node.args[0].meta["tensor_meta"].shape)
