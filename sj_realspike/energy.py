@@ -93,7 +93,7 @@ class ModelEnergy:
     def describe(self) -> str:
         """``'1.23 µJ (4.5M MAC + 67M AC)'``, per sample."""
         ops = " + ".join(f"{_si(n / self.samples)} {op}" for op, n in sorted(self.ops_by_type().items()))
-        return f"{_joules(self.energy_pj / self.samples)} ({ops or 'no ops'})"
+        return f"{format_joules(self.energy_pj / self.samples)} ({ops or 'no ops'})"
 
 
 @dataclass
@@ -144,22 +144,22 @@ class EnergyReport:
             if layer is None:
                 return ["-", "-", "-", "-"]
             return [f"{layer.input_rate:.3f}", _si(layer.ops / samples), layer.op,
-                    _joules(layer.energy_pj / samples)]
+                    format_joules(layer.energy_pj / samples)]
 
         if self.before is None:
             headers = ["layer", "type", "input rate", "ops/sample", "op", "energy/sample"]
             rows = [[o, a.kind, *cells(a, self.after.samples)] for o, _, a in self.rows()]
             rows.append(["total", "", "", _si(self.after.ops / self.after.samples), "",
-                         _joules(self.after.energy_pj / self.after.samples)])
+                         format_joules(self.after.energy_pj / self.after.samples)])
         else:
             headers = ["layer", "type", "rate before", "ops before", "op", "energy before",
                        "rate after", "ops after", "op", "energy after"]
             rows = [[o, (a or b).kind, *cells(b, self.before.samples), *cells(a, self.after.samples)]
                     for o, b, a in self.rows()]
             rows.append(["total", "", "", _si(self.before.ops / self.before.samples), "",
-                         _joules(self.before.energy_pj / self.before.samples), "",
+                         format_joules(self.before.energy_pj / self.before.samples), "",
                          _si(self.after.ops / self.after.samples), "",
-                         _joules(self.after.energy_pj / self.after.samples)])
+                         format_joules(self.after.energy_pj / self.after.samples)])
         return "\n".join([format_table(headers, rows), *self.notes, self.summary()])
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
@@ -338,7 +338,8 @@ def _si(n: float) -> str:
     return f"{n:.3g}"
 
 
-def _joules(pj: float) -> str:
+def format_joules(pj: float) -> str:
+    """An energy in picojoules with the unit that keeps three significant digits readable."""
     for scale, unit in ((1e9, "mJ"), (1e6, "µJ"), (1e3, "nJ")):
         if abs(pj) >= scale:
             return f"{pj / scale:.3g} {unit}"

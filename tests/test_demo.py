@@ -16,6 +16,11 @@ pytest.importorskip("matplotlib")
 PERCENT = re.compile(r"^\d{1,3}\.\d\d%$")
 
 
+def _picojoules(cell: str) -> float:
+    value, unit = cell.split()
+    return float(value) * {"pJ": 1, "nJ": 1e3, "µJ": 1e6, "mJ": 1e9}[unit]
+
+
 def _table(stdout: str) -> dict[str, dict[str, str]]:
     """The demo table's rows, keyed by variant, each a {header: cell} dict."""
     lines = stdout.splitlines()
@@ -48,6 +53,11 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
         assert float(row["ORT us/sample"]) > 0
         trained, deploy = (int(p.replace(",", "")) for p in row["params trained -> deploy"].split(" -> "))
         assert trained > 0 and deploy > 0
+        before, after = (_picojoules(e) for e in row["energy trained -> deploy"].split(" -> "))
+        if name == "vanilla":
+            assert before == after > 0, row
+        else:  # folding turns the MACs of amplitude-scaled spikes into ACs: 4.6 pJ -> 0.9 pJ each
+            assert before > after > 0, row
     # Element-wise amplitudes into the strided conv become an unshared conv: more parameters.
     assert int(rows["real-element"]["params trained -> deploy"].split(" -> ")[1].replace(",", "")) > 50_000
 
