@@ -1,10 +1,11 @@
-"""Fuzzing convert → train → fold on random SpikingJelly architectures.
+"""Fuzzing convert → train → fold → export on random SpikingJelly architectures.
 
 Every generated network must end in one of two ways:
 
 * **exact**: converted (some neurons possibly skipped with a reason), one training
   step runs, and on the dyadic grid the folded model reproduces the converted one bit
-  for bit with pure {0,1} / {−1,0,1} spikes;
+  for bit with pure {0,1} / {−1,0,1} spikes; its ONNX export reproduces the deploy
+  model bit for bit in onnxruntime, and `verify` finds every spike tensor pure;
 * **refused**: an `UnsupportedPatternError` that names a node (a neuron named in the
   config that cannot be folded, or a negative amplitude before max pooling).
 
@@ -19,9 +20,11 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+import tempfile
 import traceback
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -198,6 +201,17 @@ def run_case(seed: int) -> tuple[str, str]:
     for name, values in spike_values(deploy, x, steps).items():
         if not values <= allowed | {0.0, 1.0}:
             return "BUG", f"{name} emits {sorted(values)}"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"fuzz{seed}.onnx"
+        try:
+            rs.export_onnx(deploy, path, x)
+        except rs.UnsupportedPatternError as e:
+            return "refused", f"export: {e.node}"
+        report = rs.verify(model, path, x)
+    if not report.pure:
+        return "BUG", f"ONNX spikes impure (purity {report.purity:.2%}, {len(report.violations)} violation(s))"
+    if not report.bit_identical:
+        return "BUG", f"onnxruntime differs from deploy by {report.comparison('deploy', 'onnx').max_abs}"
     skipped = len(rs.conversion_report(model).skipped)
     return "exact", f"{len(rs.conversion_report(model).converted)} converted, {skipped} skipped"
 

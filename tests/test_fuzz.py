@@ -1,4 +1,4 @@
-"""~50 random architectures from bench/fuzz.py: each folds exactly or is refused naming a node."""
+"""~50 random architectures from bench/fuzz.py: each folds and exports exactly or is refused naming a node."""
 
 from __future__ import annotations
 
@@ -17,4 +17,4 @@ def test_random_architecture_folds_exactly_or_is_refused(seed):
     outcome, detail = fuzz.run_case(seed)
     assert outcome in ("exact", "refused"), f"seed {seed}: {detail}"
     if outcome == "refused":
-        assert "negative amplitude" in detail or detail.startswith(("convert: ", "fold: "))
+        assert "negative amplitude" in detail or detail.startswith(("convert: ", "fold: ", "export: "))
