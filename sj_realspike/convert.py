@@ -97,7 +97,7 @@ def convert_model(
 
     device = example_input.device
     for sel in selected:
-        sel.amp = _insert_amplitude(gm, sel.node, modules[sel.node.target], sel.spec, device)
+        sel.amp = insert_amplitude(gm, sel.node, modules[sel.node.target], sel.spec, device)
 
     # Drop the amplitudes that could never be folded, until every remaining one can.
     while True:
@@ -112,7 +112,7 @@ def convert_model(
                 sel = by_amp.pop(amp, None)
                 if sel is None:
                     continue
-                _remove_amplitude(gm, amp)
+                remove_amplitude(gm, amp)
                 selected.remove(sel)
                 where = "" if f"'{blocker.node}'" in blocker.reason else f" at node '{blocker.node}'"
                 _skip_or_raise(report, sel.node, modules, sel.rule, blocker.reason + where, blocker.remedy)
@@ -168,8 +168,9 @@ def _skip_or_raise(report: ConversionReport, node: fx.Node, modules: dict[str, n
     report.skipped.append(SkippedNeuron(node.name, node.target, type(modules[node.target]).__name__, reason))
 
 
-def _insert_amplitude(gm: fx.GraphModule, node: fx.Node, neuron: nn.Module, spec: SpikeSpec,
-                      device: torch.device) -> fx.Node:
+def insert_amplitude(gm: fx.GraphModule, node: fx.Node, neuron: nn.Module, spec: SpikeSpec,
+                     device: torch.device) -> fx.Node:
+    """An `Amplitude` module called on ``node``'s spikes, which every former user of ``node`` now reads."""
     features = tuple(node.meta["tensor_meta"].shape[neuron_batch_dims(neuron):])
     amp = Amplitude(amplitude_shape(features, spec.granularity), spec.granularity, spec.init).to(device)
     target = f"{node.target}_amplitude"
@@ -186,7 +187,8 @@ def _insert_amplitude(gm: fx.GraphModule, node: fx.Node, neuron: nn.Module, spec
     return amp_node
 
 
-def _remove_amplitude(gm: fx.GraphModule, amp_node: fx.Node) -> None:
+def remove_amplitude(gm: fx.GraphModule, amp_node: fx.Node) -> None:
+    """Undo `insert_amplitude`: the users read the neuron's spikes again."""
     amp_node.replace_all_uses_with(amp_node.args[0])
     gm.graph.erase_node(amp_node)
 

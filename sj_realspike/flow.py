@@ -75,13 +75,17 @@ class _Blocked(Exception):
         self.blocker = blocker
 
 
-def follow_amplitudes(gm: fx.GraphModule, *, rewrite: bool) -> tuple[list[Blocker], FoldStats]:
+def follow_amplitudes(gm: fx.GraphModule, *, rewrite: bool,
+                      check_values: bool | None = None) -> tuple[list[Blocker], FoldStats]:
     """Walk every amplitude's spikes to their synapses.
 
     Args:
         gm: a converted graph with ``tensor_meta`` on its nodes.
         rewrite: if true, fold the amplitudes into the graph (in place) and raise on
             the first blocker; if false, only collect blockers.
+        check_values: also block what only the amplitudes' current values forbid (a
+            negative amplitude before max pooling). Default: ``rewrite`` (at conversion
+            the values are still to be trained).
 
     Returns:
         The blockers found (empty when ``rewrite``) and, when rewriting, what was built.
@@ -89,7 +93,7 @@ def follow_amplitudes(gm: fx.GraphModule, *, rewrite: bool) -> tuple[list[Blocke
     Raises:
         UnsupportedPatternError: ``rewrite`` is true and some amplitude cannot be folded.
     """
-    walker = _Walker(gm, rewrite)
+    walker = _Walker(gm, rewrite, rewrite if check_values is None else check_values)
     for node in list(gm.graph.nodes):
         try:
             walker.visit(node)
@@ -106,10 +110,11 @@ def follow_amplitudes(gm: fx.GraphModule, *, rewrite: bool) -> tuple[list[Blocke
 
 
 class _Walker:
-    def __init__(self, gm: fx.GraphModule, rewrite: bool) -> None:
+    def __init__(self, gm: fx.GraphModule, rewrite: bool, check_values: bool) -> None:
         self.gm = gm
         self.graph = gm.graph
         self.rewrite = rewrite
+        self.check_values = check_values
         self.modules = dict(gm.named_modules())
         self.exprs: dict[fx.Node, tuple[Term, ...]] = {}
         self.blockers: list[Blocker] = []
@@ -222,7 +227,7 @@ class _Walker:
         if t.deferred or not is_spatially_uniform(t.scale):
             self._block(node, [node.args[0]], f"element-wise amplitude before max pooling {where}: max does not commute with a per-position scale",
                         "Use layer or channel granularity for this neuron")
-        if self.rewrite and bool((t.scale < 0).any()):
+        if self.check_values and bool((t.scale < 0).any()):
             self._block(node, [node.args[0]],
                         f"negative amplitude before max pooling {where}: max(a·s) = a·min(s) for a < 0, which a binary max-pool cannot express",
                         "Keep these amplitudes non-negative (e.g. clamp them during training) or use average pooling")

@@ -9,9 +9,13 @@ import torch.fx as fx
 import torch.nn as nn
 from spikingjelly.activation_based import base, functional
 
+from .amplitude import Amplitude
+from .config import SpikeSpec
+from .convert import insert_amplitude, remove_amplitude
 from .errors import UnsupportedPatternError
 from .flow import follow_amplitudes
 from .neurons import is_neuron, is_ternary
+from .ops import OpKind, classify, scalar_factor
 from .report import META_KEY, FoldReport
 from .state import copy_model
 from .tracing import trace
@@ -31,6 +35,10 @@ def fold(model: nn.Module, *, inplace: bool = False) -> fx.GraphModule:
 
     Max pooling is folded only where the amplitudes before it are non-negative; a
     negative one raises (``max(a·s) = a·min(s)`` has no binary max-pool form).
+
+    Constant factors the model itself puts on the spikes of a neuron without an
+    amplitude (``2 * s`` before a conv) are folded the same way where that is exact,
+    so the synapses receive binary spikes there too; where it is not, they stay.
 
     Args:
         model: a model from `convert_model` (possibly trained), or any SpikingJelly
@@ -59,6 +67,7 @@ def fold(model: nn.Module, *, inplace: bool = False) -> fx.GraphModule:
     report = FoldReport(parameters_before=before)
     # Weights stay float64 until the very end: BN and amplitude factors round once.
     report.fused_batchnorms = fuse_batchnorm(gm, dtype=torch.float64)
+    _amplitudes_for_constant_factors(gm)
     _, stats = follow_amplitudes(gm, rewrite=True)
     gm.graph.lint()
     gm.delete_all_unused_submodules()
@@ -81,6 +90,54 @@ def fold(model: nn.Module, *, inplace: bool = False) -> fx.GraphModule:
     previous = getattr(gm, "meta", {}).get(META_KEY, {})
     gm.meta[META_KEY] = {**previous, "stage": "deploy", "fold": report}
     return gm
+
+
+# Ops that carry spikes towards a synapse unchanged but for linear rearrangement.
+_PASS_THROUGH = (OpKind.RESHAPE, OpKind.AVGPOOL, OpKind.IDENTITY, OpKind.MAXPOOL, OpKind.ADD, OpKind.SCALAR)
+
+
+def _amplitudes_for_constant_factors(gm: fx.GraphModule) -> None:
+    """Give a fixed amplitude of 1 to each neuron without one whose spikes the model scales by a constant.
+
+    The flow then folds ``c·s`` into the synapses like a learned ``a·s``. Needs the
+    shapes recorded at conversion (``tensor_meta``). Amplitudes the flow would block
+    (the factor is not exactly foldable on that path) are removed again, to a fixpoint.
+    """
+    modules = dict(gm.named_modules())
+    device = next((p.device for p in gm.parameters()), torch.device("cpu"))
+    added = []
+    for node in list(gm.graph.nodes):
+        if not (node.op == "call_module" and is_neuron(modules[node.target]) and "tensor_meta" in node.meta):
+            continue
+        if any(u.op == "call_module" and isinstance(modules.get(u.target), Amplitude) for u in node.users):
+            continue
+        if _scaled_before_synapse(node, modules):
+            spec = SpikeSpec(granularity="layer", init=1.0)
+            added.append(insert_amplitude(gm, node, modules[node.target], spec, device))
+    while added:
+        blockers, _ = follow_amplitudes(gm, rewrite=False, check_values=True)
+        blocked = {s for b in blockers for s in b.sources}.intersection(added)
+        if not blocked:
+            break
+        for amp in blocked:
+            remove_amplitude(gm, amp)
+            added.remove(amp)
+
+
+def _scaled_before_synapse(neuron_node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether some path from the neuron multiplies its spikes by a constant ≠ 1 before any synapse."""
+    todo, seen = list(neuron_node.users), set()
+    while todo:
+        node = todo.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        kind = classify(node, modules)
+        if kind is OpKind.SCALAR and scalar_factor(node) != 1.0:
+            return True
+        if kind in _PASS_THROUGH:
+            todo.extend(node.users)
+    return False
 
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)

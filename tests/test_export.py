@@ -119,9 +119,16 @@ def test_realistic_weights_report_flips_and_agreement(tmp_path):
 
 
 def test_unfolded_amplitude_fails_verify(tmp_path):
-    """A converted model exported without fold: its amplitudes scale spikes inside the graph."""
+    """A converted model exported without fold: its amplitudes scale spikes inside the graph.
+
+    Here each amplitude's Mul is attributed to its neuron's scope, so the neuron outputs
+    verify finds hold amplitudes: the value check must fail, not only the static one.
+    """
     x = nets.example("m", size=16)
     model = _dyadic_model(nets.custom("shortcut", "IF", "m"), x, "real", "channel", steps=False)
+    for node in model.graph.nodes:
+        if node.op == "call_module" and isinstance(model.get_submodule(node.target), rs.Amplitude):
+            node.meta["nn_module_stack"] = node.args[0].meta["nn_module_stack"]
     functional.reset_net(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

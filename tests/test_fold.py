@@ -229,3 +229,45 @@ def test_data_parallel_wrapper_is_refused_with_remedy():
     model = rs.convert_model(nets.custom("pool", "IF"), nets.example("m"))
     with pytest.raises(rs.UnsupportedPatternError, match=r"fold\(model.module\)"):
         rs.fold(nn.DataParallel(model))
+
+
+class _ConstantFactorNet(nn.Module):
+    """conv → IF → ``factor · s`` → max-pool → conv → IF → linear; ``sn1`` is kept binary by the config."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+        self.conv1, self.sn1 = layer.Conv2d(3, 4, 3, padding=1), neuron.IFNode()
+        self.pool = layer.MaxPool2d(2)
+        self.conv2, self.sn2 = layer.Conv2d(4, 4, 3, padding=1), neuron.IFNode()
+        self.fc = layer.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x):
+        s = self.sn1(self.conv1(x)) * self.factor
+        s = self.sn2(self.conv2(self.pool(s)))
+        return self.fc(s.flatten(2))
+
+
+def _binary_sn1(factor: float) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    net = _ConstantFactorNet(factor)
+    functional.set_step_mode(net, "m")
+    x = nets.example("m", size=16)
+    model = rs.convert_model(net, x, config=rs.SpikeConfig().set_name("sn1", None))
+    make_dyadic(model, x)
+    return model, x, assert_exact_in_fp32(model, x, False)
+
+
+def test_constant_factor_on_binary_spikes_is_folded_into_the_synapse():
+    model, x, expected = _binary_sn1(2.0)
+    deploy = rs.fold(model)
+    assert torch.equal(run(deploy, x, False), expected)
+    # The conv after the pool now reads sn1's spikes directly: no multiplication is left.
+    assert not [n for n in deploy.graph.nodes if n.op == "call_function" and "mul" in str(n.target)]
+    assert "conv2" in " ".join(rs.fold_report(deploy).scaled_synapses)
+
+
+def test_negative_constant_factor_before_max_pooling_stays_in_the_deploy_model():
+    model, x, expected = _binary_sn1(-1.0)
+    deploy = rs.fold(model)  # the model's own factor: kept, not refused
+    assert torch.equal(run(deploy, x, False), expected)
+    assert [n for n in deploy.graph.nodes if n.op == "call_function" and "mul" in str(n.target)]
