@@ -21,6 +21,8 @@ from .lowered import LoweredNeuron, LoweredTernaryNeuron
 from .lowering import lower_for_export, step_mode_of
 from .neurons import is_neuron, is_ternary
 from .report import META_KEY
+from .state import copy_model
+from .tracing import propagate_shapes, trace
 
 __all__ = ["METADATA_PREFIX", "ExportError", "as_deploy_model", "export_onnx"]
 
@@ -34,11 +36,13 @@ class ExportError(RealSpikeError, RuntimeError):
     """The exporter or the ONNX checker rejected the lowered deploy model (no file was written)."""
 
 
-def as_deploy_model(model: nn.Module) -> fx.GraphModule:
-    """``model`` if it is a deploy model from `fold`, else ``fold(model)`` (a copy; logged).
+def as_deploy_model(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
+    """``model`` if it is a deploy model from `fold`, else ``fold`` of a copy (logged).
 
     A converted model (with amplitudes) or a plain SpikingJelly network is folded first:
-    fold is exact, and it refuses anything it cannot fold exactly.
+    fold is exact, and it refuses anything it cannot fold exactly. ``example_input`` (one
+    forward call's input: ``[T, N, …]`` multi-step, ``[N, …]`` single-step) records the
+    shapes a plain network lacks, so that fold can absorb its constant factors on spikes.
     """
     meta = model.meta.get(META_KEY, {}) if isinstance(model, fx.GraphModule) else {}
     if meta.get("stage") == "deploy":
@@ -46,7 +50,12 @@ def as_deploy_model(model: nn.Module) -> fx.GraphModule:
     what = "a converted model (it holds spike amplitudes)" if meta.get("stage") == "converted" \
         else "not a deploy model from sj_realspike.fold"
     logger.warning("%s is %s: folding a copy first (sj_realspike.fold)", type(model).__name__, what)
-    return fold(model)
+    gm = copy_model(model)
+    if not isinstance(gm, fx.GraphModule):
+        gm = trace(gm)
+    if any("tensor_meta" not in n.meta for n in gm.graph.nodes if n.op == "call_module"):
+        propagate_shapes(gm, example_input)
+    return fold(gm, inplace=True)
 
 
 def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_input: torch.Tensor, *,
@@ -87,9 +96,9 @@ def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_i
         UnsupportedPatternError: the model cannot be folded or lowered (names the node).
         ExportError: the exporter or the ONNX checker failed.
     """
-    model = as_deploy_model(deploy_model)
-    mode = step_mode_of(model)
-    x = _check_example(model, example_input, mode)
+    mode = step_mode_of(deploy_model)
+    x = _check_example(deploy_model, example_input, mode)
+    model = as_deploy_model(deploy_model, x if mode == "m" else x[0])
     lowered = lower_for_export(model, x)
     proto = _export(lowered, x, opset, dynamic_batch)
     kinds = sorted({"ternary" if isinstance(m, LoweredTernaryNeuron) or is_ternary(m) else "binary"

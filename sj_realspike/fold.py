@@ -21,7 +21,7 @@ from .state import copy_model
 from .tracing import trace
 from .weights import fuse_conv_bn_weights, fuse_linear_bn_weights
 
-__all__ = ["fold", "fuse_batchnorm"]
+__all__ = ["constant_factors_on_spikes", "fold", "fuse_batchnorm"]
 
 
 def fold(model: nn.Module, *, inplace: bool = False) -> fx.GraphModule:
@@ -94,6 +94,38 @@ def fold(model: nn.Module, *, inplace: bool = False) -> fx.GraphModule:
 
 # Ops that carry spikes towards a synapse unchanged but for linear rearrangement.
 _PASS_THROUGH = (OpKind.RESHAPE, OpKind.AVGPOOL, OpKind.IDENTITY, OpKind.MAXPOOL, OpKind.ADD, OpKind.SCALAR)
+_SYNAPSES = (OpKind.CONV, OpKind.LINEAR, OpKind.NEURON)
+
+
+def constant_factors_on_spikes(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node]]:
+    """``(neuron, factor)`` node pairs: a constant ≠ 1 multiplies the neuron's spikes before a synapse.
+
+    Paths run through reshapes, pooling, dropout, additions and further factors, and
+    end at a conv/linear layer or a membrane (a neuron); amplitudes are not factors
+    (a factor after an amplitude folds with it).
+    """
+    modules = dict(gm.named_modules())
+    found: dict[tuple[fx.Node, fx.Node], None] = {}
+    for neuron in gm.graph.nodes:
+        if not (neuron.op == "call_module" and is_neuron(modules[neuron.target])):
+            continue
+        todo: list[tuple[fx.Node, fx.Node | None]] = [(u, None) for u in neuron.users]
+        seen = set()
+        while todo:
+            node, factor = todo.pop()
+            if (node, factor) in seen:
+                continue
+            seen.add((node, factor))
+            kind = classify(node, modules)
+            if kind in _SYNAPSES:
+                if factor is not None:
+                    found[(neuron, factor)] = None
+                continue
+            if kind is OpKind.SCALAR and factor is None and scalar_factor(node) != 1.0:
+                factor = node
+            if kind in _PASS_THROUGH or kind is OpKind.AMPLITUDE:
+                todo.extend((u, factor) for u in node.users)
+    return list(found)
 
 
 def _amplitudes_for_constant_factors(gm: fx.GraphModule) -> None:
@@ -106,14 +138,13 @@ def _amplitudes_for_constant_factors(gm: fx.GraphModule) -> None:
     modules = dict(gm.named_modules())
     device = next((p.device for p in gm.parameters()), torch.device("cpu"))
     added = []
-    for node in list(gm.graph.nodes):
-        if not (node.op == "call_module" and is_neuron(modules[node.target]) and "tensor_meta" in node.meta):
+    for node in dict.fromkeys(neuron for neuron, _ in constant_factors_on_spikes(gm)):
+        if "tensor_meta" not in node.meta:
             continue
         if any(u.op == "call_module" and isinstance(modules.get(u.target), Amplitude) for u in node.users):
             continue
-        if _scaled_before_synapse(node, modules):
-            spec = SpikeSpec(granularity="layer", init=1.0)
-            added.append(insert_amplitude(gm, node, modules[node.target], spec, device))
+        spec = SpikeSpec(granularity="layer", init=1.0)
+        added.append(insert_amplitude(gm, node, modules[node.target], spec, device))
     while added:
         blockers, _ = follow_amplitudes(gm, rewrite=False, check_values=True)
         blocked = {s for b in blockers for s in b.sources}.intersection(added)
@@ -122,22 +153,6 @@ def _amplitudes_for_constant_factors(gm: fx.GraphModule) -> None:
         for amp in blocked:
             remove_amplitude(gm, amp)
             added.remove(amp)
-
-
-def _scaled_before_synapse(neuron_node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """Whether some path from the neuron multiplies its spikes by a constant ≠ 1 before any synapse."""
-    todo, seen = list(neuron_node.users), set()
-    while todo:
-        node = todo.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        kind = classify(node, modules)
-        if kind is OpKind.SCALAR and scalar_factor(node) != 1.0:
-            return True
-        if kind in _PASS_THROUGH:
-            todo.extend(node.users)
-    return False
 
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)

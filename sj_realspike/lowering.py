@@ -27,6 +27,7 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional
 
 from .errors import UnsupportedPatternError
+from .fold import constant_factors_on_spikes
 from .lowered import (
     LoweredDiagonalSynapse,
     LoweredUnsharedConv2d,
@@ -34,6 +35,7 @@ from .lowered import (
     unsupported_neuron_reason,
 )
 from .neurons import is_neuron
+from .ops import scalar_factor
 from .report import META_KEY
 from .state import copy_model
 from .synapses import DiagonalSynapse, UnsharedConv2d
@@ -78,12 +80,20 @@ def lower_for_export(model: fx.GraphModule, example_input: torch.Tensor, *,
         Neurons without a lowering are kept (multi-step only) and logged.
 
     Raises:
-        UnsupportedPatternError: mixed step modes, or a single-step neuron that has no lowering.
+        UnsupportedPatternError: mixed step modes, a single-step neuron that has no lowering,
+            or a constant factor on spikes before a synapse that fold could not absorb (the
+            synapse would not receive spikes).
     """
     gm = model if inplace else copy_model(model)
     gm.eval()
     functional.reset_net(gm)
     mode = step_mode_of(gm)
+    for neuron, factor in constant_factors_on_spikes(gm):
+        raise UnsupportedPatternError(
+            factor.name, f"multiplies the spikes of '{neuron.target}' by {scalar_factor(factor):g} on their way "
+            "into a synapse, and fold could not move the factor into the synapse's weights exactly (e.g. a "
+            "negative factor before max pooling), so the exported graph would not be binary/ternary",
+            "Apply the factor after the pooling or to the synapse's weights, or keep it non-negative")
     steps = int(example_input.shape[0])
     propagate_shapes(gm, example_input if mode == "m" else example_input[0])
     modules = dict(gm.named_modules())

@@ -109,7 +109,7 @@ def export_nir(deploy_model: nn.Module, path: str | os.PathLike[str] | None, exa
     nir, _ = _require_nir()
     if dt <= 0:
         raise ValueError(f"dt must be positive, got {dt}")
-    gm = as_deploy_model(deploy_model)
+    gm = as_deploy_model(deploy_model, example_input)
     batch_dims = 2 if step_mode_of(gm) == "m" else 1
     propagate_shapes(gm, example_input)
     graph = _GraphBuilder(gm, batch_dims, dt, nir).build()

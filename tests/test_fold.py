@@ -266,8 +266,22 @@ def test_constant_factor_on_binary_spikes_is_folded_into_the_synapse():
     assert "conv2" in " ".join(rs.fold_report(deploy).scaled_synapses)
 
 
-def test_negative_constant_factor_before_max_pooling_stays_in_the_deploy_model():
+def test_negative_constant_factor_before_max_pooling_stays_in_fold_and_is_refused_by_export(tmp_path):
     model, x, expected = _binary_sn1(-1.0)
-    deploy = rs.fold(model)  # the model's own factor: kept, not refused
+    deploy = rs.fold(model)  # the model's own factor: fold keeps the function as it is
     assert torch.equal(run(deploy, x, False), expected)
     assert [n for n in deploy.graph.nodes if n.op == "call_function" and "mul" in str(n.target)]
+    # ... but conv2 would receive {-1, 0}, not spikes: no pure export exists.
+    with pytest.raises(rs.UnsupportedPatternError, match=r"node 'mul': multiplies the spikes of 'sn1' by -1"):
+        rs.export_onnx(deploy, tmp_path / "m.onnx", x)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_of_a_plain_network_folds_its_constant_factors(tmp_path):
+    net = _ConstantFactorNet(0.5)  # never converted: export folds it, recording shapes on the way
+    functional.set_step_mode(net, "m")
+    x = nets.example("m", size=16)
+    make_dyadic(net, x)
+    rs.export_onnx(net, tmp_path / "plain.onnx", x)
+    report = rs.verify(net, tmp_path / "plain.onnx", x)
+    assert report.pure and report.bit_identical, str(report)
