@@ -11,6 +11,7 @@ CI_CELLS = [
     Cell("sew_resnet18 (ADD)", "LIF", "real", "channel", "m"),
     Cell("sew_resnet18 (ADD)", "IF", "ternary", "layer", "s"),
     Cell("spiking_vgg11", "LIF", "real", "element", "m"),
+    Cell("CIFAR10Net (16 ch)", "PLIF", "ternary", "channel", "s"),
 ]
 
 
@@ -28,6 +29,7 @@ def test_sew_gates_are_skipped_cleanly(cnf, tmp_path):
     assert result.status == "pass" and "12 neuron(s) skipped" in result.note, result.note
 
 
-def test_untraceable_zoo_model_is_refused_with_reason(tmp_path):
-    result = run_cell(Cell("ms_resnet18", "LIF", "real", "channel", "m"), tmp_path)
-    assert result.status == "refused" and "torch.fx could not trace the model" in result.note
+@pytest.mark.parametrize("model", ["ms_resnet18", "spikformer_cifar10"])
+def test_untraceable_zoo_model_is_refused_with_reason(model, tmp_path):
+    result = run_cell(Cell(model, "LIF", "real", "channel", "m"), tmp_path)
+    assert result.status == "refused" and "torch.fx could not trace the model" in result.note, result.note
