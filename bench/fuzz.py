@@ -177,7 +177,7 @@ def run_case(seed: int) -> tuple[str, str]:
     try:
         model = rs.convert_model(spec.net, example, spike=spec.spike, granularity=spec.granularity, config=config)
     except rs.UnsupportedPatternError as e:
-        return "refused", f"convert: {e.node}"
+        return "refused", f"convert: {e.node}: {e.reason}"
     model.train()
     out = torch.stack([model(xt) for xt in x]) if steps else model(x)
     out.sum().backward()
@@ -193,7 +193,7 @@ def run_case(seed: int) -> tuple[str, str]:
     except rs.UnsupportedPatternError as e:
         if "negative amplitude before max pooling" not in str(e):
             return "BUG", f"fold refused unexpectedly: {e}"
-        return "refused", f"fold: {e.node}"
+        return "refused", f"fold: {e.node}: {e.reason}"
     got = run(deploy, x, steps)
     if not torch.equal(got, expected):
         return "BUG", f"deploy differs by {(got - expected).abs().max().item()}"
@@ -206,7 +206,7 @@ def run_case(seed: int) -> tuple[str, str]:
         try:
             rs.export_onnx(deploy, path, x)
         except rs.UnsupportedPatternError as e:
-            return "refused", f"export: {e.node}"
+            return "refused", f"export: {e.node}: {e.reason}"
         report = rs.verify(model, path, x)
     if not report.pure:
         return "BUG", f"ONNX spikes impure (purity {report.purity:.2%}, {len(report.violations)} violation(s))"
@@ -229,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:
             outcome, detail = "BUG", traceback.format_exc(limit=3).strip().splitlines()[-1]
         counts[outcome] += 1
-        if outcome == "BUG":
-            print(f"seed {seed}: BUG: {detail}", flush=True)
+        if outcome != "exact":
+            print(f"seed {seed}: {outcome}: {detail}", flush=True)
     print(f"{args.n} random networks: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return 1 if counts["BUG"] else 0
 
