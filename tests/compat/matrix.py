@@ -22,10 +22,12 @@ import dataclasses
 import itertools
 import json
 import multiprocessing
+import re
 import sys
 import tempfile
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,11 +94,30 @@ def run_cell(cell: Cell, workdir: Path) -> Cell:
         skipped = rs.conversion_report(model).skipped
         ok = report.pure and report.bit_identical and report.comparison("trained", "deploy").identical
         cell.status = "pass" if ok else "fail"
-        cell.note = (f"{len(skipped)} neuron(s) skipped: {skipped[0].reason.split(':')[0]}" if skipped else "")
+        cell.note = _skipped_note([n.reason for n in skipped])
         if not ok:
             cell.note = f"purity {report.purity:.2%}, bit-identical {report.bit_identical}"
     cell.seconds = time.perf_counter() - start
     return cell
+
+
+def _skipped_note(reasons: list[str]) -> str:
+    """``'12 neuron(s) skipped: 11× <why>; 1× <why>'``, each why without node names or details."""
+    if not reasons:
+        return ""
+    whys = Counter(_gist(r) for r in reasons)
+    return f"{len(reasons)} neuron(s) skipped: " + "; ".join(f"{n}× {why}" for why, n in whys.most_common())
+
+
+def _gist(reason: str) -> str:
+    """A skip reason with node types for node names, up to its first top-level ': ' or ', which'."""
+    reason = re.sub(r"'[^']*' \(([\w.]+)\)", r"\1", reason).strip()
+    depth = 0
+    for i, ch in enumerate(reason):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0 and (reason.startswith(": ", i) or reason.startswith(", which", i)):
+            return reason[:i]
+    return reason
 
 
 def cells(models: list[str], step_modes: list[str]) -> list[Cell]:

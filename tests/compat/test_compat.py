@@ -26,7 +26,11 @@ def test_zoo_cell_passes(cell, tmp_path):
 @pytest.mark.parametrize("cnf", ["AND", "IAND"])
 def test_sew_gates_are_skipped_cleanly(cnf, tmp_path):
     result = run_cell(Cell(f"sew_resnet18 ({cnf})", "IF", "real", "channel", "m"), tmp_path)
-    assert result.status == "pass" and "12 neuron(s) skipped" in result.note, result.note
+    # AND: x * y; IAND: (1 - x) * y, which blocks x at the subtraction and y at the product.
+    whys = {"AND": "12× mul multiplies spike tensors (e.g. SEW 'AND')",
+            "IAND": "8× sub subtracts spike tensors (e.g. SEW 'IAND': (1 - x) * y); "
+                    "4× mul multiplies spike tensors (e.g. SEW 'AND')"}
+    assert result.status == "pass" and result.note == f"12 neuron(s) skipped: {whys[cnf]}", result.note
 
 
 @pytest.mark.parametrize("model", ["ms_resnet18", "spikformer_cifar10"])
