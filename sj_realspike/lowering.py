@@ -88,7 +88,8 @@ def lower_for_export(model: fx.GraphModule, example_input: torch.Tensor, *,
     gm.eval()
     functional.reset_net(gm)
     mode = step_mode_of(gm)
-    for neuron, factor in constant_factors_on_spikes(gm):
+    if unfolded := constant_factors_on_spikes(gm):
+        neuron, factor = unfolded[0]
         raise UnsupportedPatternError(
             factor.name, f"multiplies the spikes of '{neuron.target}' by {scalar_factor(factor):g} on their way "
             "into a synapse, and fold could not move the factor into the synapse's weights exactly (e.g. a "
