@@ -10,9 +10,7 @@ Writes the markdown table kept in docs/compatibility.md:
     python tests/compat/matrix.py --out docs/compatibility.md [--step-modes m s] [--jobs 2]
 
 Cells run in ``--jobs`` worker processes (one torch thread each; the ONNX export that
-dominates a cell is single-threaded Python). Workers are replaced every few cells (one that
-had run some 180 cells had grown to 10 GiB and was killed for memory); a worker killed all
-the same stops the run with ``BrokenProcessPool``, and a rerun resumes. Every finished cell is appended to a
+dominates a cell is single-threaded Python), replaced every four cells to bound their memory. Every finished cell is appended to a
 JSON-lines log (``--log``, default: the output path with ``.jsonl``), and a rerun
 skips the cells already there, so an interrupted run resumes where it stopped.
 """
@@ -30,7 +28,6 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,14 +171,12 @@ def main(argv: list[str] | None = None) -> int:
             done[_key(cell)] = cell
     pending = [c for c in todo if _key(c) not in done]
     print(f"{len(todo)} cells, {len(todo) - len(pending)} already in {log}", flush=True)
-    # Fresh workers every few cells: the exporter's caches grow, and a worker killed for
-    # memory must fail the run (BrokenProcessPool), not hang it; a rerun resumes.
+    # Fresh workers every few cells: the exporter's caches grow (a worker that had run some
+    # 180 cells had reached 10 GiB and was killed for memory, which leaves Pool waiting).
     context = multiprocessing.get_context("spawn")
-    with (ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_worker_init, max_tasks_per_child=4) as pool,
+    with (context.Pool(args.jobs, initializer=_worker_init, maxtasksperchild=4) as pool,
           log.open("a") as f):
-        futures = [pool.submit(_run_in_worker, c) for c in pending]
-        for i, future in enumerate(as_completed(futures), 1):
-            cell = future.result()
+        for i, cell in enumerate(pool.imap_unordered(_run_in_worker, pending), 1):
             done[_key(cell)] = cell
             f.write(json.dumps(dataclasses.asdict(cell)) + "\n")
             f.flush()
