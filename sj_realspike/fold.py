@@ -9,7 +9,6 @@ import torch.fx as fx
 import torch.nn as nn
 from spikingjelly.activation_based import base, functional
 
-from .amplitude import Amplitude
 from .config import SpikeSpec
 from .convert import insert_amplitude, remove_amplitude
 from .errors import UnsupportedPatternError
@@ -141,7 +140,7 @@ def _amplitudes_for_constant_factors(gm: fx.GraphModule) -> None:
     for node in dict.fromkeys(neuron for neuron, _ in constant_factors_on_spikes(gm)):
         if "tensor_meta" not in node.meta:
             continue
-        if any(u.op == "call_module" and isinstance(modules.get(u.target), Amplitude) for u in node.users):
+        if any(classify(u, modules) is OpKind.AMPLITUDE for u in node.users):
             continue
         spec = SpikeSpec(granularity="layer", init=1.0)
         added.append(insert_amplitude(gm, node, modules[node.target], spec, device))

@@ -10,8 +10,8 @@ Writes the markdown table kept in docs/compatibility.md:
     python tests/compat/matrix.py --out docs/compatibility.md [--step-modes m s] [--jobs 2]
 
 Cells run in ``--jobs`` worker processes (one torch thread each; the ONNX export that
-dominates a cell is single-threaded Python), replaced every four cells to bound their memory. Every finished cell is appended to a
-JSON-lines log (``--log``, default: the output path with ``.jsonl``), and a rerun
+dominates a cell is single-threaded Python), replaced every four cells to bound their
+memory. Every finished cell is appended to a JSON-lines log (``--log``, default: the output path with ``.jsonl``), and a rerun
 skips the cells already there, so an interrupted run resumes where it stopped.
 """
 
