@@ -8,9 +8,13 @@ onnxruntime runs fast on CPU:
   dims flattened): onnxruntime's broadcast kernels are slow on shapes that end in
   size-1 dims such as ``[T, N, 512, 1, 1]``. Time steps are unrolled over one
   ``Split`` and joined by one ``Concat``. No ``Where`` (several times the cost of a
-  ``Mul`` in onnxruntime) and no ``Sign`` (not vectorized there): a hard reset is
-  ``keep = [h < θ]; v = h · keep``, binary spikes are ``1 − keep``, ternary ones
-  ``clip(h − v, −θ, θ) / θ``.
+  ``Mul`` in onnxruntime) and no ``Sign`` (not vectorized there): binary spikes are
+  ``s = [h ≥ θ]``, ternary ones ``[h ≥ θ] − [h ≤ −θ]`` (once, on all steps joined),
+  and a hard reset is ``keep = [h < θ]`` (ternary ``[|h| < θ]``), ``v = h · keep``
+  (plus ``(1 − keep) · v_r``).
+* Spikes come from ``≥``/``≤`` comparisons, as in SpikingJelly (``Θ(h − θ)``), so a NaN
+  membrane does not fire and ±Inf fires like any value beyond the threshold; resets
+  then give the same NaN/Inf membranes as SpikingJelly's (``0 · Inf`` is NaN in both).
 * The charge keeps SpikingJelly's own operation order (``v + (x − (v − v_r)) / τ``),
   so a lowered neuron equals SpikingJelly's fp32 forward bit for bit; only a division
   by a power-of-two ``τ`` becomes the (identical) multiplication by ``1/τ``.
@@ -137,29 +141,26 @@ class LoweredBinaryNeuron(LoweredNeuron):
     def fire_all(self, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         th, last = self.v_threshold, len(xs) - 1
         v = None
-        if self.v_reset == 0.0:
-            keeps = []
+        if self.v_reset is None:
+            spikes = []
             for t, x in enumerate(xs):
                 h = self.charged(v, x)
-                keep = (h < th).to(h.dtype)  # 1 where the neuron stays silent
-                keeps.append(keep)
-                if t < last:
-                    v = h * keep
-            return 1.0 - torch.cat(keeps, 0)
-        spikes = []
-        for t, x in enumerate(xs):
-            h = self.charged(v, x)
-            if self.v_reset is None:
                 s = (h >= th).to(h.dtype)
                 if t < last:
                     v = h - (s if th == 1.0 else s * th)
-            else:
-                keep = (h < th).to(h.dtype)
-                s = 1.0 - keep
-                if t < last:
-                    v = h * keep + s * self.v_reset
-            spikes.append(s)
-        return torch.cat(spikes, 0)
+                spikes.append(s)
+            return torch.cat(spikes, 0)
+        hs = []
+        for t, x in enumerate(xs):
+            h = self.charged(v, x)
+            hs.append(h)
+            if t < last:
+                keep = (h < th).to(h.dtype)  # 1 where the neuron stays silent (NaN: 0, and NaN · 0 stays NaN)
+                v = h * keep
+                if self.v_reset != 0.0:
+                    v = v + (1.0 - keep) * self.v_reset
+        h_all = torch.cat(hs, 0)
+        return (h_all >= th).to(h_all.dtype)  # not 1 − keep: a NaN membrane does not fire
 
 
 class LoweredTernaryNeuron(LoweredNeuron):
@@ -177,23 +178,17 @@ class LoweredTernaryNeuron(LoweredNeuron):
                     v = h - (s if th == 1.0 else s * th)
                 spikes.append(s)
             return torch.cat(spikes, 0)
-        hs, vs = [], []  # r = 0: vs holds v; else the fired masks
-        for x in xs:
+        hs = []
+        for t, x in enumerate(xs):
             h = self.charged(v, x)
-            keep = (h.abs() < th).to(h.dtype)  # −θ < h < θ: no spike
-            if self.v_reset == 0.0:
-                v = h * keep
-                vs.append(v)
-            else:
-                fired = 1.0 - keep
-                v = h * keep + fired * self.v_reset
-                vs.append(fired)
             hs.append(h)
-        h_all, other = torch.cat(hs, 0), torch.cat(vs, 0)
-        # Fired: |h| ≥ θ, clipped to ±θ; silent: 0. r = 0: h − v is h (fired) or h − h = +0 (silent);
-        # otherwise h · fired. Sign would do, but is slow in onnxruntime.
-        s = torch.clamp(h_all - other if self.v_reset == 0.0 else h_all * other, -th, th)
-        return s if th == 1.0 else s / th
+            if t < len(xs) - 1:
+                keep = (h.abs() < th).to(h.dtype)  # −θ < h < θ: no spike (NaN: 0, and NaN · 0 stays NaN)
+                v = h * keep
+                if self.v_reset != 0.0:
+                    v = v + (1.0 - keep) * self.v_reset
+        h_all = torch.cat(hs, 0)
+        return (h_all >= th).to(h_all.dtype) - (h_all <= -th).to(h_all.dtype)
 
 
 def unsupported_neuron_reason(m: nn.Module) -> str | None:
