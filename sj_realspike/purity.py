@@ -102,10 +102,40 @@ def _scope(node: onnx.NodeProto) -> _Scope:
     return _Scope(neuron_scope, synapse, path, cls)
 
 
+def _constant_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every initializer and ``Constant`` output, read from the tensor itself."""
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "Constant" or not node.attribute:
+            continue
+        a = node.attribute[0]
+        if a.type == onnx.AttributeProto.TENSOR:
+            elem = a.t.data_type
+        elif a.type == onnx.AttributeProto.SPARSE_TENSOR:
+            elem = a.sparse_tensor.values.data_type
+        elif a.name in ("value_float", "value_floats"):
+            elem = onnx.TensorProto.FLOAT
+        else:  # value_int(s), value_string(s)
+            elem = onnx.TensorProto.INT64 if a.name.startswith("value_int") else onnx.TensorProto.STRING
+        types.update((out, elem) for out in node.output)
+    return types
+
+
 def _float_values(model: onnx.ModelProto) -> set[str]:
-    inferred = onnx.shape_inference.infer_shapes(model)
+    """Float-typed values, by shape inference on a copy stripped of ``value_info``.
+
+    The stored ``value_info`` is ignored (it changes nothing the model computes, and an
+    edited one must not hide a value's type); constants are typed by their own tensors.
+    """
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    del bare.graph.value_info[:]
+    inferred = onnx.shape_inference.infer_shapes(bare)
     infos = [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
-    return {v.name for v in infos if v.type.tensor_type.elem_type in _FLOAT_TYPES}
+    floats = {v.name for v in infos if v.type.tensor_type.elem_type in _FLOAT_TYPES}
+    for name, elem in _constant_types(model).items():
+        (floats.add if elem in _FLOAT_TYPES else floats.discard)(name)
+    return floats
 
 
 def _scopes(model: onnx.ModelProto) -> list[_Scope]:
@@ -203,10 +233,14 @@ def _spike_logic(model: onnx.ModelProto, spike_values: set[str]) -> set[str]:
     """Values that are still spikes: moved (reshape, slice, max-pool…) or combined by logic.
 
     ``a · b`` of two spike values is AND, ``1 − a`` is NOT (SEW ``IAND``): the results are
-    spikes again, so a ``Mul`` producing one is not an amplitude. Nodes are in
-    topological order (an ONNX requirement), so one pass suffices.
+    spikes again, so a ``Mul`` producing one is not an amplitude. Every initializer and
+    ``Constant`` output is a non-spike operand (a float constant among an op's data
+    inputs makes its result a non-spike, e.g. ``Mul(s, 0.75)``), except the exact
+    scalar 1 (``1 − s``, ``s · 1``); integer constants (shapes, indices, axes) are not
+    data. Nodes are in topological order (an ONNX requirement), so one pass suffices.
     """
     floats = _float_values(model)
+    constant_types = _constant_types(model)
     ones = {t.name for t in model.graph.initializer if _is_one(onnx.numpy_helper.to_array(t))}
     logic = set(spike_values)
     for node in model.graph.node:
@@ -216,9 +250,13 @@ def _spike_logic(model: onnx.ModelProto, spike_values: set[str]) -> set[str]:
         float_inputs = [v for v in node.input if v in floats]
         if not float_inputs:
             continue
-        if node.op_type in _STRUCTURAL_OPS and all(v in logic for v in float_inputs):
+        variables = [v for v in float_inputs if v not in constant_types]
+        constants = [v for v in float_inputs if v in constant_types]
+        if not variables or not all(v in logic for v in variables):
+            continue
+        if node.op_type == "Sub" and len(node.input) == 2 and node.input[0] in ones and node.input[1] in logic:
             logic.update(node.output)
-        elif node.op_type == "Sub" and len(node.input) == 2 and node.input[0] in ones and node.input[1] in logic:
+        elif node.op_type in _STRUCTURAL_OPS and all(c in ones and node.op_type == "Mul" for c in constants):
             logic.update(node.output)
     return logic
 
