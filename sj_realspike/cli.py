@@ -49,6 +49,14 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _add_trust(p: argparse.ArgumentParser, extra: str = "") -> None:
+    """``--trust MODULE`` (repeatable): modules a bundle's factory and kwargs may come from."""
+    p.add_argument("--trust", action="append", default=[], metavar="MODULE",
+                   help="also allow factories and kwargs classes from MODULE and its submodules (loading runs "
+                        f"their code; SpikingJelly's zoo, neurons, surrogates and layers need none){extra}; "
+                        "repeatable")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sj-realspike", description=(
         "Real Spike / Ternary Spike for SpikingJelly: convert, fold, export, verify and run."))
@@ -62,8 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     c = command("convert", "Build a SpikingJelly model from its factory and give it learnable spike amplitudes.")
     c.add_argument("--model", required=True, metavar="PKG.MODULE:FACTORY", help="function that builds the network")
     c.add_argument("--kwargs", default="{}", metavar="JSON",
-                   help="factory keyword arguments; strings naming importable objects are resolved")
+                   help="factory keyword arguments; strings naming classes (neurons, surrogates, layers) "
+                        "are resolved")
     c.add_argument("--checkpoint", metavar="STATE.PTH", help="state_dict to load into the network first")
+    _add_trust(c, "; --model's own module is trusted")
     c.add_argument("--example-shape", required=True, type=_shape, metavar="T,N,C,H,W",
                    help="training batch shape ([T,N,...] multi-step, [N,...] single-step)")
     c.add_argument("--step-mode", choices=("m", "s"), help="default: m for 5-d shapes, s otherwise")
@@ -74,10 +84,12 @@ def _parser() -> argparse.ArgumentParser:
 
     f = command("fold", "Fold the amplitudes of a converted bundle into the weights (binary/ternary spikes).")
     f.add_argument("bundle")
+    _add_trust(f)
     f.add_argument("-o", "--output", required=True, metavar="BUNDLE")
 
     e = command("export", "Export a deploy (or converted, folded first) bundle to a pure binary/ternary ONNX graph.")
     e.add_argument("bundle")
+    _add_trust(e)
     e.add_argument("-o", "--output", required=True, metavar="MODEL.ONNX")
     e.add_argument("--opset", type=int)
     e.add_argument("--time-steps", type=int, metavar="T", help="sequence length to export (single-step models only)")
@@ -85,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     v = command("verify", "Compare trained model, deploy model and ONNX; check spike purity in the ONNX graph "
                           "(exit status 1 if impure).")
     v.add_argument("bundle")
+    _add_trust(v)
     v.add_argument("onnx")
     v.add_argument("--input", metavar="X.NPY", help="input batch (default: random in [0, 1) of the example shape)")
 
@@ -96,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
 
     i = command("inspect", "Describe a bundle (layers, amplitudes, parameters) or an ONNX model.")
     i.add_argument("path")
+    _add_trust(i, " (bundles)")
     i.add_argument("--energy", action="store_true",
                    help="bundles: synaptic ops and 45 nm energy per layer before and after fold, on a random "
                         "input of the example shape")
@@ -140,7 +154,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise CliError(f"--kwargs must be a JSON object, got {type(kwargs).__name__}")
     step_mode = args.step_mode or ("m" if len(args.example_shape) == 5 else "s")
     manifest = {"factory": args.model, "kwargs": kwargs, "step_mode": step_mode}
-    net = build_model(manifest, args.checkpoint)
+    net = build_model(manifest, args.checkpoint, trust=args.trust, trust_factory=True)
     config = SpikeConfig.from_file(args.recipe) if args.recipe else None
     model = convert_model(net, torch.rand(args.example_shape), spike=args.spike, granularity=args.granularity,
                           config=config, inplace=True)
@@ -156,7 +170,7 @@ def _cmd_fold(args: argparse.Namespace) -> int:
     from .fold import fold
     from .report import fold_report
 
-    model = load_bundle(args.bundle)
+    model = load_bundle(args.bundle, trust=args.trust)
     deploy = fold(model, inplace=True)
     save_bundle(deploy, args.output)
     print(fold_report(deploy))
@@ -168,7 +182,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .bundle import load_bundle
     from .export import export_onnx
 
-    model = load_bundle(args.bundle)
+    model = load_bundle(args.bundle, trust=args.trust)
     shape = list(model.meta["sj_realspike"]["example_shape"])
     if model.meta["sj_realspike"]["source"]["step_mode"] == "s":
         if not args.time_steps:
@@ -185,7 +199,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from .bundle import load_bundle
     from .verify import verify
 
-    model = load_bundle(args.bundle)
+    model = load_bundle(args.bundle, trust=args.trust)
     if args.input:
         x = torch.from_numpy(_load_array(args.input))
     else:  # the ONNX input shape, with the bundle's batch size for a dynamic batch
@@ -228,10 +242,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             raise CliError("--energy needs a bundle (the model before and after fold), not an ONNX graph")
         print(_describe_onnx(path))
     else:
-        print(_describe_bundle(path))
+        print(_describe_bundle(path, args.trust))
         if energy:
             print()
-            print(_energy(path, args.energy_plot))
+            print(_energy(path, args.energy_plot, args.trust))
     return 0
 
 
@@ -246,14 +260,14 @@ def _load_array(path: str) -> np.ndarray:
         raise CliError(f"input {p} is not a readable .npy array ({e})") from None
 
 
-def _describe_bundle(path: Path) -> str:
+def _describe_bundle(path: Path, trust: list[str]) -> str:
     from .amplitude import Amplitude
     from .bundle import load_bundle, read_manifest
     from .neurons import is_neuron, is_ternary
     from .report import format_table
 
     manifest, _ = read_manifest(path)
-    model = load_bundle(path)
+    model = load_bundle(path, trust=trust)
     head = [f"{path}: {manifest['stage']} model from {manifest['factory']}",
             f"kwargs {json.dumps(manifest.get('kwargs', {}))}, step mode {manifest.get('step_mode')}, "
             f"example shape {tuple(manifest['example_shape'])}",
@@ -277,13 +291,13 @@ def _describe_bundle(path: Path) -> str:
     return "\n".join(head + ["", table, "", f"parameters: {params:,}"])
 
 
-def _energy(path: Path, plot: str | None) -> str:
+def _energy(path: Path, plot: str | None, trust: list[str]) -> str:
     from .bundle import load_bundle, read_manifest
     from .energy import energy_report
 
     manifest, _ = read_manifest(path)
     x = torch.rand(manifest["example_shape"], generator=torch.Generator().manual_seed(0))
-    report = energy_report(load_bundle(path), x)
+    report = energy_report(load_bundle(path, trust=trust), x)
     if plot:
         report.plot(plot)
         return f"{report}\nwrote {plot}"

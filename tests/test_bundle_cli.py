@@ -39,13 +39,13 @@ def test_bundle_round_trip_of_a_trained_model(tmp_path):
         rs.save_bundle(model, tmp_path / "m.bundle")
     rs.save_bundle(model, tmp_path / "m.bundle", factory="nets:custom",
                    kwargs={"name": "shortcut", "neuron_name": "PLIF"})
-    loaded = rs.load_bundle(tmp_path / "m.bundle")
+    loaded = rs.load_bundle(tmp_path / "m.bundle", trust=["nets"])
     assert loaded.state_dict().keys() == model.state_dict().keys()
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
     assert torch.equal(run(loaded, x), run(model, x))
     # a loaded model remembers its factory, so it saves without arguments
     rs.save_bundle(rs.fold(loaded), tmp_path / "d.bundle")
-    deploy = rs.load_bundle(tmp_path / "d.bundle")
+    deploy = rs.load_bundle(tmp_path / "d.bundle", trust=["nets"])
     assert torch.equal(run(deploy, x), run(rs.fold(model), x))
 
 
@@ -60,14 +60,16 @@ def test_bundle_loading_never_unpickles_code(tmp_path):
         rs.load_bundle(path)
 
 
-def test_kwargs_resolve_importable_objects_only():
+def test_kwargs_resolve_classes_only():
     from spikingjelly.activation_based import neuron
 
     kw = resolve_kwargs({"spiking_neuron": "spikingjelly.activation_based.neuron.LIFNode", "cnf": "ADD",
-                         "path": "data/x.npy", "n": 3})
-    assert kw == {"spiking_neuron": neuron.LIFNode, "cnf": "ADD", "path": "data/x.npy", "n": 3}
-    with pytest.raises(rs.RealSpikeError, match="cannot import module 'no_such_pkg'"):
+                         "path": "data/x.npy", "file": "x.npy", "n": 3})
+    assert kw == {"spiking_neuron": neuron.LIFNode, "cnf": "ADD", "path": "data/x.npy", "file": "x.npy", "n": 3}
+    with pytest.raises(rs.RealSpikeError, match=r"'no_such_pkg:thing' is not in .* --trust no_such_pkg"):
         resolve_kwargs({"f": "no_such_pkg:thing"})
+    with pytest.raises(rs.RealSpikeError, match="cannot import module 'no_such_pkg'"):
+        resolve_kwargs({"f": "no_such_pkg:thing"}, trust=["no_such_pkg"])
 
 
 def test_cli_convert_fold_inspect(tmp_path):
@@ -75,9 +77,11 @@ def test_cli_convert_fold_inspect(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "converted 3 neuron(s)" in r.stdout
     r = cli("fold", "c.bundle", "-o", "d.bundle", cwd=tmp_path)
+    assert r.returncode == 2 and "--trust nets" in r.stderr  # convert trusted --model; reading a file does not
+    r = cli("fold", "c.bundle", "-o", "d.bundle", "--trust", "nets", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "pooling+linear merged into one linear  3" in r.stdout
-    r = cli("inspect", "c.bundle", cwd=tmp_path)
+    r = cli("inspect", "c.bundle", "--trust", "nets", cwd=tmp_path)
     assert r.returncode == 0 and "stem.2" in r.stdout and "8x16x16" in r.stdout
     manifest = json.loads(torch.load(tmp_path / "d.bundle", weights_only=True)["manifest"])
     assert (manifest["stage"], manifest["granularity"], manifest["factory"]) == ("deploy", "element", "nets:custom")
@@ -120,7 +124,7 @@ def test_truncated_bundle_is_reported(tmp_path):
     assert r.returncode == 0, r.stderr
     data = (tmp_path / "c.bundle").read_bytes()
     (tmp_path / "t.bundle").write_bytes(data[: len(data) // 2])
-    r = cli("fold", "t.bundle", "-o", "out.bundle", cwd=tmp_path)
+    r = cli("fold", "t.bundle", "-o", "out.bundle", "--trust", "nets", cwd=tmp_path)
     assert r.returncode == 2 and "corrupt, truncated" in r.stderr
     assert not (tmp_path / "out.bundle").exists()
 

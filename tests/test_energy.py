@@ -172,10 +172,10 @@ def test_cli_inspect_energy(tmp_path, capsys):
     x = nets.example("m")
     model = rs.convert_model(nets.custom("sum", "LIF"), x)
     rs.save_bundle(model, tmp_path / "c.bundle", factory="nets:custom", kwargs={"name": "sum", "neuron_name": "LIF"})
-    assert main(["inspect", str(tmp_path / "c.bundle"), "--energy"]) == 0
+    assert main(["inspect", str(tmp_path / "c.bundle"), "--energy", "--trust", "nets"]) == 0
     out = capsys.readouterr().out
     assert "energy before" in out and "synaptic energy per sample:" in out and "after fold" in out
-    assert main(["inspect", str(tmp_path / "c.bundle"), "--energy-plot", str(tmp_path / "e.png")]) == 0
+    assert main(["inspect", str(tmp_path / "c.bundle"), "--energy-plot", str(tmp_path / "e.png"), "--trust", "nets"]) == 0
     assert (tmp_path / "e.png").is_file()
     (tmp_path / "m.onnx").write_bytes(b"")
     assert main(["inspect", str(tmp_path / "m.onnx"), "--energy"]) == 2
