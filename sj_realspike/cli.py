@@ -2,23 +2,36 @@
 
 Every subcommand is a thin layer over the public API; errors print one line
 (``sj-realspike: error: …``) and exit with status 2, and no partial output file
-is left behind (all outputs are written atomically).
+is left behind (all outputs are written atomically, and SIGTERM/SIGINT remove the
+temporary file of a write in progress). torch, numpy and onnx are imported by the
+handlers only, so ``sj-realspike --help`` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-
+from .atomic import remove_pending
+from .console import OneLineParser, error_line, log_to_stderr, positive_int
 from .errors import RealSpikeError
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import numpy as np
+
 __all__ = ["main"]
+
+logger = logging.getLogger("sj_realspike.cli")  # also when run as __main__ (python -m)
 
 EXAMPLES = {
     "convert": """example:
@@ -31,7 +44,6 @@ EXAMPLES = {
     "run": "example:\n  sj-realspike run model.onnx --input x.npy -o y.npy",
     "inspect": "examples:\n  sj-realspike inspect converted.bundle\n  sj-realspike inspect model.onnx\n"
                "  sj-realspike inspect converted.bundle --energy --energy-plot energy.png",
-    "demo": "examples:\n  sj-realspike demo\n  sj-realspike demo --quick --out demo_out",
 }
 
 
@@ -39,13 +51,25 @@ class CliError(Exception):
     """A bad command-line input: reported as one line, exit status 2."""
 
 
+# An example batch only has to show the model its shapes: 2**28 float32 values (1 GiB) is far
+# more than any real one needs, and bounds what a typo can make convert allocate.
+MAX_EXAMPLE_ELEMENTS = 2**28
+
+
 def _shape(text: str) -> tuple[int, ...]:
+    """``--example-shape``: comma-separated positive sizes, at most `MAX_EXAMPLE_ELEMENTS` in all."""
     try:
         shape = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 4,8,3,32,32, got {text!r}") from None
     if not shape or any(v <= 0 for v in shape):
         raise argparse.ArgumentTypeError(f"every dimension must be positive, got {text!r}")
+    elements = math.prod(shape)
+    if elements > MAX_EXAMPLE_ELEMENTS:
+        raise argparse.ArgumentTypeError(
+            f"{text} is {elements:,} values ({elements * 4 / 2**30:,.0f} GiB as float32), more than the "
+            f"{MAX_EXAMPLE_ELEMENTS:,} allowed: the example batch only shows the model its shapes, so use a "
+            "small T and N")
     return shape
 
 
@@ -58,7 +82,7 @@ def _add_trust(p: argparse.ArgumentParser, extra: str = "") -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sj-realspike", description=(
+    p = OneLineParser(prog="sj-realspike", description=(
         "Real Spike / Ternary Spike for SpikingJelly: convert, fold, export, verify and run."))
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -75,8 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoint", metavar="STATE.PTH", help="state_dict to load into the network first")
     _add_trust(c, "; --model's own module is trusted")
     c.add_argument("--example-shape", required=True, type=_shape, metavar="T,N,C,H,W",
-                   help="training batch shape ([T,N,...] multi-step, [N,...] single-step)")
-    c.add_argument("--step-mode", choices=("m", "s"), help="default: m for 5-d shapes, s otherwise")
+                   help="training batch shape: [T,N,...] multi-step or [N,...] single-step; a 5-d shape is "
+                        "read as multi-step [T,N,C,H,W], any other needs --step-mode (the reading is printed)")
+    c.add_argument("--step-mode", choices=("m", "s"),
+                   help="m: multi-step, inputs [T,N,...]; s: single-step, inputs [N,...] (default m for 5-d "
+                        "shapes; required otherwise)")
     c.add_argument("--spike", choices=("real", "ternary"), default="real")
     c.add_argument("--granularity", choices=("layer", "channel", "element"), default="channel")
     c.add_argument("--recipe", metavar="FILE|NAME", help="TOML recipe, by path or shipped name")
@@ -91,21 +118,31 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("bundle")
     _add_trust(e)
     e.add_argument("-o", "--output", required=True, metavar="MODEL.ONNX")
-    e.add_argument("--opset", type=int)
-    e.add_argument("--time-steps", type=int, metavar="T", help="sequence length to export (single-step models only)")
+    e.add_argument("--opset", type=int, metavar="N",
+                   help="ONNX opset version, within the range the installed torch.onnx exporter supports "
+                        "(default: the exporter's)")
+    e.add_argument("--time-steps", type=positive_int, metavar="T",
+                   help="sequence length to export (single-step models only)")
 
-    v = command("verify", "Compare trained model, deploy model and ONNX; check spike purity in the ONNX graph "
-                          "(exit status 1 if impure).")
+    v = command("verify", "Compare trained model, deploy model and ONNX on one input; check spike purity in the "
+                          "ONNX graph and that the file was exported from this model.\nExit status 0 only on PASS "
+                          "(outputs within --rtol, top-1 100%, no NaN/Inf, pure spikes, every neuron fired), "
+                          "else 1 with the reason first.")
     v.add_argument("bundle")
     _add_trust(v)
     v.add_argument("onnx")
-    v.add_argument("--input", metavar="X.NPY", help="input batch (default: random in [0, 1) of the example shape)")
+    v.add_argument("--input", metavar="X.NPY",
+                   help="input sequence [T, N, ...], float32 (default: random noise of the ONNX input shape, "
+                        "scaled until the neurons fire; real data checks more)")
+    v.add_argument("--rtol", type=float, metavar="R",
+                   help="largest accepted output error relative to the trained output's max |value| "
+                        "(default: 1e-05, verify's DEFAULT_RTOL)")
 
     r = command("run", "Run an ONNX model from export on an input array with onnxruntime.")
     r.add_argument("onnx")
     r.add_argument("--input", required=True, metavar="X.NPY")
     r.add_argument("-o", "--output", metavar="Y.NPY")
-    r.add_argument("--threads", type=int)
+    r.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads (default: physical cores)")
 
     i = command("inspect", "Describe a bundle (layers, amplitudes, parameters) or an ONNX model.")
     i.add_argument("path")
@@ -115,32 +152,86 @@ def _parser() -> argparse.ArgumentParser:
                         "input of the example shape")
     i.add_argument("--energy-plot", metavar="PNG", help="also write the energy bar chart (implies --energy)")
 
-    command("demo", "Train, fold, export and compare the five variants on scikit-learn's digits "
-                    "(options: see python -m sj_realspike.demo --help).")
+    # The demo parses its own options (sj_realspike.demo.main, which also prints its --help).
+    sub.add_parser("demo", add_help=False, help="Train, fold, export and compare the five variants on "
+                                                "scikit-learn's digits (see sj-realspike demo --help).")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``sj-realspike`` console script; returns the exit status."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["demo"] and argv[1:2] not in (["-h"], ["--help"]):
-        # argparse.REMAINDER does not take options that start with '-': hand them over whole.
-        from . import demo
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that atomic writes remove their temporary files.
 
-        return demo.main(argv[1:])
-    args = _parser().parse_args(argv)
-    handler = globals()[f"_cmd_{args.command}"]
+    A ``BaseException`` like ``KeyboardInterrupt``: library code that catches ``Exception``
+    (the ONNX exporter does) must not swallow it.
+    """
+
+
+# Errors the passes raise on purpose: their message is the whole story.
+_EXPECTED = (CliError, RealSpikeError, OSError, ValueError, TypeError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``sj-realspike`` console script.
+
+    Returns:
+        The exit status: 0 on success, 1 when ``verify`` finds a mismatch, 2 on any
+        error (one line on stderr; ``--debug`` re-raises instead), 130 on SIGINT and
+        143 on SIGTERM (the temporary file of a write in progress is removed).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv[:1]
     try:
-        return handler(args) or 0
-    except (CliError, RealSpikeError, OSError, ValueError, TypeError) as e:
-        if args.debug:
+        with _sigterm_raises(), log_to_stderr():
+            try:
+                args, rest = _parser().parse_known_args(argv)
+            except SystemExit as e:  # --help (0) or a one-line argument error (2)
+                return e.code if isinstance(e.code, int) else 2
+            if args.command == "demo":
+                from . import demo
+
+                return demo.main(rest)
+            if rest:
+                raise CliError(f"unrecognized arguments: {' '.join(rest)} (see sj-realspike {args.command} --help)")
+            return globals()[f"_cmd_{args.command}"](args) or 0
+    except KeyboardInterrupt:
+        error_line("interrupted (SIGINT)")
+        return 130
+    except Terminated:
+        error_line("terminated (SIGTERM)")
+        return 143
+    except Exception as e:
+        if debug:
             raise
-        print(f"sj-realspike: error: {e}", file=sys.stderr)
+        message = str(e) if isinstance(e, _EXPECTED) and str(e) else \
+            f"unexpected {type(e).__name__}{': ' + str(e) if str(e) else ''} (run with --debug for the traceback)"
+        error_line(message)
         return 2
+    finally:
+        remove_pending()
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn the first SIGTERM into `Terminated` in the main thread (later ones are ignored while it unwinds)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ---------------------------------------------------------------------------- commands
 def _cmd_convert(args: argparse.Namespace) -> int:
+    import torch
+
     from .bundle import build_model, record_source, save_bundle
     from .config import SpikeConfig
     from .convert import convert_model
@@ -152,7 +243,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise CliError(f"--kwargs is not valid JSON: {e}") from None
     if not isinstance(kwargs, dict):
         raise CliError(f"--kwargs must be a JSON object, got {type(kwargs).__name__}")
-    step_mode = args.step_mode or ("m" if len(args.example_shape) == 5 else "s")
+    step_mode = _step_mode(args.example_shape, args.step_mode)
     manifest = {"factory": args.model, "kwargs": kwargs, "step_mode": step_mode}
     net = build_model(manifest, args.checkpoint, trust=args.trust, trust_factory=True)
     config = SpikeConfig.from_file(args.recipe) if args.recipe else None
@@ -165,11 +256,39 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _step_mode(shape: tuple[int, ...], given: str | None) -> str:
+    """The step mode ``--example-shape`` is read in, printed; only a 5-d shape may go without ``--step-mode``.
+
+    A forgotten ``T`` must not silently make a single-step bundle: ``8,3,32,32`` is a
+    single-step image batch or a multi-step sequence of 1-d features.
+    """
+    def layout(mode: str) -> str:
+        features = {0: [], 1: ["F"], 2: ["C", "L"], 3: ["C", "H", "W"], 4: ["C", "D", "H", "W"]}.get(
+            len(shape) - (2 if mode == "m" else 1), ["..."])
+        return "[" + ", ".join((["T", "N"] if mode == "m" else ["N"]) + features) + "]"
+
+    text = ",".join(map(str, shape))
+    if given is None and len(shape) != 5:
+        options = [f"--step-mode s to read it as single-step {layout('s')}"]
+        if len(shape) >= 2:
+            options.append(f"--step-mode m for multi-step {layout('m')}")
+        raise CliError(f"--example-shape {text} is ambiguous ({len(shape)}-d): pass {' or '.join(options)}")
+    mode = given or "m"
+    if mode == "m" and len(shape) < 2:
+        raise CliError(f"--example-shape {text}: a multi-step input needs at least [T, N]")
+    print(f"example shape {text} read as {'multi' if mode == 'm' else 'single'}-step {layout(mode)}")
+    return mode
+
+
 def _cmd_fold(args: argparse.Namespace) -> int:
-    from .bundle import load_bundle, save_bundle
+    from .bundle import load_bundle, read_manifest, save_bundle
     from .fold import fold
     from .report import fold_report
 
+    if read_manifest(args.bundle)[0]["stage"] == "deploy":
+        # Folding is idempotent, but writing a copy under a new name would hide a mix-up of files.
+        raise CliError(f"{args.bundle} is a deploy bundle: it is folded already, nothing to do (export it: "
+                       f"sj-realspike export {args.bundle} -o model.onnx)")
     model = load_bundle(args.bundle, trust=args.trust)
     deploy = fold(model, inplace=True)
     save_bundle(deploy, args.output)
@@ -179,9 +298,13 @@ def _cmd_fold(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
     from .bundle import load_bundle
     from .export import export_onnx
 
+    if args.opset is not None:
+        _check_opset(args.opset)
     model = load_bundle(args.bundle, trust=args.trust)
     shape = list(model.meta["sj_realspike"]["example_shape"])
     if model.meta["sj_realspike"]["source"]["step_mode"] == "s":
@@ -190,29 +313,47 @@ def _cmd_export(args: argparse.Namespace) -> int:
         shape = [args.time_steps, *shape]
     elif args.time_steps:
         raise CliError("--time-steps is only for single-step models; T comes from the bundle's example shape")
+    logger.info("exporting %s to %s (T=%d): torch.onnx.export takes a few seconds for a small net, "
+                "minutes for a ResNet", args.bundle, args.output, shape[0])
     export_onnx(model, args.output, torch.rand(shape), opset=args.opset)
     print(f"wrote {args.output}")
     return 0
 
 
+def _check_opset(opset: int) -> None:
+    """Refuse an ``--opset`` that ``torch.onnx.export(dynamo=True)`` would not honour.
+
+    The exporter writes its graphs in the opset its torchlib is implemented in and
+    converts them with onnxscript's version converter; below that opset the conversion
+    often fails and the exporter then keeps its own opset, above the converter's
+    maximum it falls back to onnx's C converter, which silently leaves the model as it is.
+    """
+    from onnxscript.version_converter import _version_converter
+    from torch.onnx import _constants as onnx_constants
+    from torch.onnx._internal.exporter import _constants as exporter_constants
+
+    low, high = exporter_constants.TORCHLIB_OPSET, _version_converter.SUPPORTED_MAX_ONNX_OPSET
+    if not low <= opset <= high:
+        raise CliError(f"--opset {opset} is not supported by the installed torch.onnx exporter: choose "
+                       f"{low} to {high} (default {onnx_constants.ONNX_DEFAULT_OPSET})")
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
+    import torch
+
     from .bundle import load_bundle
     from .verify import verify
 
     model = load_bundle(args.bundle, trust=args.trust)
-    if args.input:
-        x = torch.from_numpy(_load_array(args.input))
-    else:  # the ONNX input shape, with the bundle's batch size for a dynamic batch
-        from .runtime import OnnxRunner
-
-        batch = model.meta["sj_realspike"]["example_shape"][1 if model.meta["sj_realspike"]["source"]["step_mode"] == "m" else 0]
-        x = torch.rand([d if isinstance(d, int) else batch for d in OnnxRunner(args.onnx).input_shape])
-    report = verify(model, args.onnx, x)
-    print(report)
-    return 0 if report.pure else 1
+    x = torch.from_numpy(_load_array(args.input)) if args.input else None  # None: verify's exciting input
+    report = verify(model, args.onnx, x, **({} if args.rtol is None else {"rtol": args.rtol}))
+    print(report)  # the verdict line first
+    return 0 if report.ok else 1
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .atomic import atomic_write
     from .runtime import OnnxRunner
 
@@ -251,13 +392,30 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- helpers
 def _load_array(path: str) -> np.ndarray:
+    """A ``--input`` file: a non-empty float ``.npy`` array (never unpickled).
+
+    Raises:
+        CliError: missing, empty, corrupt, pickled (object), non-float or empty array.
+    """
+    import numpy as np
+
     p = Path(path)
     if not p.is_file():
-        raise CliError(f"input {p} does not exist")
+        raise CliError(f"input {p} does not exist" if not p.exists() else f"input {p} is not a regular file")
     try:
-        return np.load(p, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise CliError(f"input {p} is not a readable .npy array ({e})") from None
+        array = np.load(p, allow_pickle=False)
+    except EOFError:
+        raise CliError(f"input {p} is empty: expected a .npy array (np.save('x.npy', x))") from None
+    except (ValueError, OSError) as e:  # object arrays need pickle: refused
+        raise CliError(f"input {p} is not a readable .npy array ({' '.join(str(e).split())})") from None
+    if not isinstance(array, np.ndarray):  # np.load reads .npz archives too
+        raise CliError(f"input {p} is an .npz archive; save one array with np.save")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise CliError(f"input {p} holds {array.dtype} values; the model takes float32 "
+                       "(convert with x.astype(np.float32))")
+    if array.size == 0:
+        raise CliError(f"input {p} is empty: shape {list(array.shape)}")
+    return array
 
 
 def _describe_bundle(path: Path, trust: list[str]) -> str:
@@ -292,6 +450,8 @@ def _describe_bundle(path: Path, trust: list[str]) -> str:
 
 
 def _energy(path: Path, plot: str | None, trust: list[str]) -> str:
+    import torch
+
     from .bundle import load_bundle, read_manifest
     from .energy import energy_report
 
@@ -305,6 +465,7 @@ def _energy(path: Path, plot: str | None, trust: list[str]) -> str:
 
 
 def _describe_onnx(path: Path) -> str:
+    import numpy as np
     import onnx
 
     from .report import format_table

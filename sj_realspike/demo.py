@@ -15,9 +15,10 @@ spike kind. Needs the ``demo`` extra (scikit-learn, matplotlib).
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
-import sys
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +32,10 @@ from spikingjelly.activation_based import functional, layer, neuron, surrogate
 from tqdm.auto import tqdm
 
 from .amplitude import Amplitude, amplitude_parameters
+from .console import OneLineParser, error_line, log_to_stderr, positive_int
 from .convert import convert_model
 from .energy import energy_report, format_joules
-from .fold import fold
+from .fold import NotConvertedWarning, fold
 from .neurons import is_neuron
 from .report import fold_report, format_table
 
@@ -53,6 +55,8 @@ __all__ = [
     "run_variant",
     "train",
 ]
+
+logger = logging.getLogger("sj_realspike.demo")  # also when run as __main__ (python -m)
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,8 @@ def train(model: nn.Module, data: Digits, T: int, epochs: int, seed: int, *, bat
         model: a multi-step network (converted or not); trained in place, left in eval mode.
         data: the split; only the training half is used.
         T: time steps of the direct encoding.
-        epochs: passes over the training set (a tqdm bar shows loss and accuracy per epoch).
+        epochs: passes over the training set (a tqdm bar on a terminal, otherwise one log line
+            per epoch, shows loss and accuracy).
         seed: seed of the batch order.
         batch_size, lr, weight_decay: optimizer settings (weight decay never touches amplitudes).
         desc: label of the progress bar.
@@ -160,7 +165,7 @@ def train(model: nn.Module, data: Digits, T: int, epochs: int, seed: int, *, bat
     n = len(data.train_y)
     model.train()
     bar = tqdm(range(epochs), desc=desc, unit="epoch", leave=False, disable=None)
-    for _ in bar:
+    for epoch in bar:
         order = torch.randperm(n, generator=generator)
         correct, total_loss = 0, 0.0
         for start in range(0, n, batch_size):
@@ -175,6 +180,9 @@ def train(model: nn.Module, data: Digits, T: int, epochs: int, seed: int, *, bat
             total_loss += loss.item() * len(idx)
         schedule.step()
         bar.set_postfix(loss=f"{total_loss / n:.3f}", acc=f"{correct / n:.1%}")
+        if bar.disable:  # not a terminal: a line per epoch instead of the bar
+            logger.info("%s: epoch %d/%d, loss %.3f, train acc %.1f%%", desc, epoch + 1, epochs,
+                        total_loss / n, 100 * correct / n)
     model.eval()
 
 
@@ -293,7 +301,9 @@ def run_variant(variant: Variant, data: Digits, T: int, epochs: int, seed: int, 
     seconds = time.perf_counter() - start
 
     trained, _ = evaluate(model, data.test_x, T)
-    deploy = fold(model)
+    with warnings.catch_warnings():  # the vanilla variant is unconverted on purpose
+        warnings.simplefilter("ignore", NotConvertedWarning)
+        deploy = fold(model)
     folded, counts = evaluate(deploy, data.test_x, T)
     onnx, latency = None, None
     if onnx_dir is not None:
@@ -384,14 +394,17 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The exit status: 0, or 2 when scikit-learn or matplotlib is missing.
     """
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sj-realspike demo",
-        description="Train a small conv SNN on scikit-learn's digits as vanilla, Real Spike (layer/channel/"
-                    "element) and Ternary Spike; fold, export to ONNX, run in onnxruntime, compare.")
+        description="Train a small conv SNN on scikit-learn's digits as vanilla, Real Spike (layer/channel/\n"
+                    "element) and Ternary Spike; fold, export to ONNX, run in onnxruntime, compare.",
+        epilog="examples:\n  sj-realspike demo\n  sj-realspike demo --quick --out demo_out",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="seconds, for CI: 2 epochs, latency over 10 images")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 15, --quick 2)")
-    parser.add_argument("--time-steps", "-T", type=int, default=4, help="simulation time steps T (default 4)")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default 15, --quick 2)")
+    parser.add_argument("--time-steps", "-T", type=positive_int, default=4,
+                        help="simulation time steps T (default 4)")
     parser.add_argument("--seed", type=int, default=0,
                         help="initial weights and batch order (the train/test split is fixed)")
     parser.add_argument("--out", type=Path, default=Path("demo_out"),
@@ -401,8 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         import matplotlib  # noqa: F401
         import sklearn  # noqa: F401
     except ImportError as e:
-        print(f"sj-realspike demo: needs scikit-learn and matplotlib ({e}); "
-              "install them with: pip install 'sj-realspike[demo]'", file=sys.stderr)
+        error_line(f"the demo needs scikit-learn and matplotlib ({e}); install them with: "
+                   "pip install 'sj-realspike[demo]'")
         return 2
 
     # The net is tiny: extra intra-op threads only add synchronisation, and on a busy machine
@@ -410,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _run(args)
+        with log_to_stderr():
+            _run(args)
     finally:
         torch.set_num_threads(threads)
     return 0
@@ -423,9 +437,14 @@ def _run(args: argparse.Namespace) -> None:
     print(f"digits: {len(data.train_y)} train / {len(data.test_y)} test images (8x8), T={args.time_steps}, "
           f"{epochs} epochs, seed {args.seed}")
     start = time.perf_counter()
-    results = [run_variant(v, data, args.time_steps, epochs, args.seed, args.out,
-                           latency_samples=10 if args.quick else 100)
-               for v in tqdm(VARIANTS, desc="variants", unit="variant", disable=None)]
+    results = []
+    bar = tqdm(VARIANTS, desc="variants", unit="variant", disable=None)
+    for i, variant in enumerate(bar):
+        if bar.disable:  # not a terminal: a line per variant instead of the bar
+            logger.info("variant %d/%d: %s (train, fold, export to ONNX, run in onnxruntime)",
+                        i + 1, len(VARIANTS), variant.name)
+        results.append(run_variant(variant, data, args.time_steps, epochs, args.seed, args.out,
+                                   latency_samples=10 if args.quick else 100))
     print()
     print(format_results(results))
     print("\nacc: test accuracy. agree: top-1 agreement with the trained model. max rel err: "

@@ -16,7 +16,7 @@ from spikingjelly.activation_based import functional
 
 from .atomic import atomic_write
 from .errors import RealSpikeError
-from .fold import fold
+from .fold import NotConvertedWarning, fold
 from .lowered import LoweredNeuron, LoweredTernaryNeuron
 from .lowering import lower_for_export, step_mode_of
 from .neurons import is_neuron, is_ternary
@@ -55,7 +55,9 @@ def as_deploy_model(model: nn.Module, example_input: torch.Tensor) -> fx.GraphMo
         gm = trace(gm)
     if any("tensor_meta" not in n.meta for n in gm.graph.nodes if n.op == "call_module"):
         propagate_shapes(gm, example_input)
-    return fold(gm, inplace=True)
+    with warnings.catch_warnings():  # folding a plain network is this function's job, announced above
+        warnings.simplefilter("ignore", NotConvertedWarning)
+        return fold(gm, inplace=True)
 
 
 def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_input: torch.Tensor, *,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 from spikingjelly.activation_based import base, functional
 
+from .amplitude import Amplitude
 from .config import SpikeSpec
 from .convert import insert_amplitude, remove_amplitude
 from .errors import UnsupportedPatternError
@@ -20,7 +22,15 @@ from .state import copy_model
 from .tracing import trace
 from .weights import fuse_conv_bn_weights, fuse_linear_bn_weights
 
-__all__ = ["constant_factors_on_spikes", "fold", "fuse_batchnorm"]
+__all__ = ["NotConvertedWarning", "constant_factors_on_spikes", "fold", "fuse_batchnorm"]
+
+
+class NotConvertedWarning(UserWarning):
+    """`fold` was given a network without spike amplitudes: it only fused BatchNorm.
+
+    Usually ``convert_model`` was forgotten. Folding a plain network on purpose (to fuse
+    BatchNorm, or as ``export_onnx`` does) is fine: filter this warning there.
+    """
 
 
 def fold(model: nn.Module, *, inplace: bool = False) -> fx.GraphModule:
@@ -55,6 +65,11 @@ def fold(model: nn.Module, *, inplace: bool = False) -> fx.GraphModule:
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         raise UnsupportedPatternError(type(model).__name__, "a data-parallel wrapper cannot be folded",
                                       "Fold the wrapped model on one rank: sj_realspike.fold(model.module)")
+    if getattr(model, "meta", {}).get(META_KEY, {}).get("stage") != "deploy" \
+            and not any(isinstance(m, Amplitude) for m in model.modules()):
+        warnings.warn(f"{type(model).__name__} holds no spike amplitudes (was sj_realspike.convert_model "
+                      "forgotten?): fold only fuses BatchNorm and folds constant factors on spikes",
+                      NotConvertedWarning, stacklevel=2)
     gm = model if inplace else copy_model(model)
     if not isinstance(gm, fx.GraphModule):
         gm = trace(gm)

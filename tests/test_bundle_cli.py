@@ -94,7 +94,7 @@ BAD_INPUTS = [
     (["convert", "--model", "no_pkg.mod:f", *FACTORY[2:], "-o", "out.bundle"], r"cannot import module 'no_pkg.mod'"),
     (["convert", *FACTORY[:2], "--kwargs", "{name: sum}", *FACTORY[4:], "-o", "out.bundle"],
      r"--kwargs is not valid JSON"),
-    (["convert", *FACTORY[:4], "--example-shape", "2,2,3,15", "-o", "out.bundle"],
+    (["convert", *FACTORY[:4], "--example-shape", "2,2,3,15", "--step-mode", "m", "-o", "out.bundle"],
      r"running example_input of shape \(2, 2, 3, 15\) through the model failed"),
     (["convert", *FACTORY, "--recipe", "bad.toml", "-o", "out.bundle"], r"unknown key\(s\) \['granulrity'\]"),
     (["fold", "corrupt.bundle", "-o", "out.bundle"], r"corrupt, truncated or not a weights-only torch file"),

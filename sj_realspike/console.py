@@ -1,0 +1,68 @@
+"""Console conventions of the command-line tools: one-line errors, log lines on stderr.
+
+Errors are a single ``sj-realspike: error: …`` line with exit status 2, argument errors
+included (usage stays in ``--help``). The library only logs
+(``logging.getLogger("sj_realspike.…")``); the ``sj-realspike`` commands and the demo
+show those records, one line each, so that long steps say what they are doing where a
+progress bar cannot (output that is not a terminal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NoReturn
+
+__all__ = ["PREFIX", "OneLineParser", "error_line", "log_to_stderr", "positive_int"]
+
+PREFIX = "sj-realspike"
+
+
+def error_line(message: str) -> None:
+    """Print ``message`` as the one ``sj-realspike: error:`` line on stderr (inner newlines folded)."""
+    print(f"{PREFIX}: error: {' '.join(message.split())}", file=sys.stderr)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one `error_line` and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        error_line(f"{message} (see {self.prog} --help)")
+        raise SystemExit(2)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts (threads, time steps, epochs): an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+@contextmanager
+def log_to_stderr(level: int = logging.INFO) -> Iterator[None]:
+    """Print the package's log records of ``level`` and above as ``sj-realspike: message`` lines on stderr.
+
+    Does nothing if the application already configured logging (a handler on the root
+    or the package logger), so a caller's setup wins; nesting is harmless.
+    """
+    package = logging.getLogger("sj_realspike")
+    if package.handlers or logging.getLogger().handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PREFIX}: %(message)s"))
+    previous = package.level
+    package.addHandler(handler)
+    package.setLevel(level)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(previous)
