@@ -5,8 +5,8 @@ manifest names, re-applies the same passes (`convert_model`, and `fold` for depl
 bundles) and loads the weights. Because that call runs code, what a bundle may name is
 limited, and everything is checked before anything is imported or built:
 
-1. the archive: no compressed entry that inflates (``torch.save`` never compresses), no
-   more bytes inflated than the file holds on disk, a bounded pickle;
+1. the archive: compressed entries (``torch.save`` writes none) inflate to at most
+   `MAX_INFLATED` bytes in all, and the pickle is bounded;
 2. the weights: ``torch.load(weights_only=True, mmap=True)``, so no pickled code runs and
    tensor data stays on disk until it is copied into the model;
 3. the manifest: a JSON object of bounded size and depth, every field checked (`_SCHEMA`);
@@ -62,11 +62,11 @@ MiB = 1 << 20
 MAX_MANIFEST_CHARS = 1 * MiB
 MAX_JSON_DEPTH = 8
 MAX_JSON_VALUES = 10_000
-MAX_EXAMPLE_ELEMENTS = 1 << 26  # 256 MiB of float32: far above any training batch
-MAX_INFLATED_ENTRY = 1 * MiB  # a compressed entry may inflate to this much (torch.save writes none)
-MAX_PICKLE_BYTES = 32 * MiB
+MAX_EXAMPLE_ELEMENTS = 1 << 28  # 1 GiB of float32, as the CLI allows for --example-shape
+MAX_INFLATED = 1 * MiB  # compressed entries may inflate to this much in all (torch.save writes none)
+MAX_PICKLE_BYTES = 4 * MiB  # a 1 MiB manifest and ~10,000 tensor records; bounds the unpickled objects
 # The network built from the kwargs may hold this much more than the bundle's tensor data
-# (tracing drops unused modules, fold fuses BatchNorm), and the tensor data this much more
+# (fold drops unused modules and fuses BatchNorm), and the tensor data this much more
 # than the rebuilt model's parameters and buffers.
 BUILD_SLACK = (4.0, 256 * MiB)
 DATA_SLACK = (1.5, 1 * MiB)
@@ -476,7 +476,9 @@ def load_bundle(path: str | Path, *, trust: Iterable[str] = ()) -> nn.Module:
         path: a file written by `save_bundle`.
         trust: modules (and their submodules) whose functions and classes the manifest may
             call besides SpikingJelly's (e.g. ``["mypkg.models"]`` for a factory
-            ``"mypkg.models:net"``). Loading calls the factory: trust only your own code.
+            ``"mypkg.models:net"``). Loading calls the factory (twice: first on the meta
+            device, to check the network fits the weights the file holds): trust only
+            code you would run yourself.
 
     Raises:
         BundleError: missing, corrupt, truncated or inflating file, invalid manifest,
@@ -556,26 +558,22 @@ def _check_archive(p: Path, what: str) -> int:
     except (zipfile.BadZipFile, OSError, ValueError) as e:
         raise BundleError(f"{what} {p} is corrupt, truncated or not a weights-only torch file "
                           f"(not a zip archive: {_first_line(e)})") from None
-    inflated = data = 0
+    compressed = [e for e in entries if e.compress_type != zipfile.ZIP_STORED]
+    inflated = sum(e.file_size for e in compressed)
+    if inflated > MAX_INFLATED:
+        big = max(compressed, key=lambda e: e.file_size)
+        raise BundleError(f"{what} {p}: entry '{big.filename}' inflates from {big.compress_size:,} to "
+                          f"{big.file_size:,} bytes ({inflated:,} in all compressed entries); torch.save never "
+                          f"compresses, so more than {MAX_INFLATED:,} inflated bytes are refused")
     for entry in entries:
-        compressed = entry.compress_type != zipfile.ZIP_STORED
-        if compressed and entry.file_size > MAX_INFLATED_ENTRY:
-            raise BundleError(f"{what} {p}: entry '{entry.filename}' inflates from {entry.compress_size:,} to "
-                              f"{entry.file_size:,} bytes; torch.save never compresses, so compressed entries "
-                              f"above {MAX_INFLATED_ENTRY:,} bytes are refused")
-        if not compressed and entry.file_size != entry.compress_size:
+        if entry.compress_type == zipfile.ZIP_STORED and entry.file_size != entry.compress_size:
             raise BundleError(f"{what} {p} is corrupt: entry '{entry.filename}' claims {entry.file_size:,} bytes "
                               f"but stores {entry.compress_size:,}")
         if entry.filename.endswith("data.pkl") and entry.file_size > MAX_PICKLE_BYTES:
             raise BundleError(f"{what} {p}: entry '{entry.filename}' is {entry.file_size:,} bytes, more than the "
                               f"{MAX_PICKLE_BYTES:,} a manifest and state_dict names need")
-        inflated += entry.file_size if compressed else 0
-        parts = entry.filename.split("/")
-        data += entry.file_size if len(parts) == 3 and parts[1] == "data" else 0
-    if inflated > MAX_INFLATED_ENTRY:
-        raise BundleError(f"{what} {p}: compressed entries inflate to {inflated:,} bytes in all, more than "
-                          f"{MAX_INFLATED_ENTRY:,}; torch.save never compresses")
-    return data
+    # torch.save names tensor storages "<archive>/data/<key>"
+    return sum(e.file_size for e in entries if e.filename.split("/")[-2:-1] == ["data"])
 
 
 def _torch_load(path: str | Path, what: str) -> tuple[Any, int]:
@@ -584,8 +582,10 @@ def _torch_load(path: str | Path, what: str) -> tuple[Any, int]:
     Returns the loaded object and the bytes of tensor data in the file.
     """
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise BundleError(f"{what} {p} does not exist")
+    if not p.is_file():  # a FIFO or device would block or never end
+        raise BundleError(f"{what} {p} is not a regular file")
     is_zip = zipfile.is_zipfile(p)
     # bundles are always zips; a checkpoint may be in torch's legacy format (nothing compressed)
     data = _check_archive(p, what) if is_zip or what == "bundle" else 0

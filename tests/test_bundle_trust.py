@@ -259,8 +259,8 @@ def bomb(tmp_path_factory) -> Path:
 
 
 def test_decompression_bomb_is_refused_before_reading(bomb):
-    with pytest.raises(BundleError, match=r"entry 'archive/data\.pkl' inflates from 2\d\d,\d{3} to 268,435,456 bytes;"
-                                          r" torch\.save never compresses"):
+    with pytest.raises(BundleError, match=r"entry 'archive/data\.pkl' inflates from 2\d\d,\d{3} to 268,435,456 bytes "
+                                          r"\(268,435,456 in all compressed entries\); torch\.save never compresses"):
         rs.load_bundle(bomb)
 
 
@@ -269,8 +269,18 @@ def test_many_small_compressed_entries_are_refused(tmp_path):
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for i in range(4):
             zf.writestr(f"archive/data/{i}", bytes(1 << 19))
-    with pytest.raises(BundleError, match=r"compressed entries inflate to 2,097,152 bytes in all"):
+    with pytest.raises(BundleError, match=r"inflates from \d+ to 524,288 bytes \(2,097,152 in all compressed "
+                                          r"entries\); torch\.save never compresses"):
         rs.load_bundle(path)
+
+
+def test_oversized_pickle_and_non_regular_files_are_refused(tmp_path):
+    path = write(tmp_path / "big.bundle", "x" * (5 << 20))  # stored, not compressed: 5 MiB on disk
+    with pytest.raises(BundleError, match=r"entry '.*data\.pkl' is 5,\d{3},\d{3} bytes, more than the 4,194,304"):
+        rs.load_bundle(path)
+    os.mkfifo(tmp_path / "fifo.bundle")  # reading it would block forever
+    with pytest.raises(BundleError, match=r"fifo\.bundle is not a regular file"):
+        rs.load_bundle(tmp_path / "fifo.bundle")
 
 
 def test_bundle_holding_far_more_data_than_its_model_is_refused(tmp_path):
