@@ -11,11 +11,14 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional, layer, neuron, surrogate
 
 import sj_realspike as rs
+from sj_realspike.fold import capture_converted
+from sj_realspike.spiking import amplitude_of, base_class
 from sj_realspike.testing import run
 
 
 def amplitudes(model) -> dict[str, rs.Amplitude]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, rs.Amplitude)}
+    """{neuron path: the amplitude it carries}, for every converted neuron."""
+    return {n: amplitude_of(m) for n, m in model.named_modules() if amplitude_of(m) is not None}
 
 
 @pytest.mark.parametrize("step_mode", ["m", "s"])
@@ -26,13 +29,13 @@ def test_amplitude_shapes_per_granularity_and_step_mode(step_mode, granularity, 
     example = x if step_mode == "m" else x[0]
     model = rs.convert_model(nets.custom("pool", "IF", step_mode), example, granularity=granularity)
     amps = amplitudes(model)
-    assert amps["sn_fc_amplitude"].a.shape == linear_shape
+    assert amps["sn_fc"].a.shape == linear_shape
     if granularity == "element":  # neurons before max / average pooling into a conv are skipped
-        assert "features.2_amplitude" not in amps and "features.6_amplitude" not in amps
-        assert amps["features.13_amplitude"].a.shape == (16, 2, 2)
-        assert amps["features.10_amplitude"].a.shape == conv_shape
+        assert "features.2" not in amps and "features.6" not in amps
+        assert amps["features.13"].a.shape == (16, 2, 2)
+        assert amps["features.10"].a.shape == conv_shape
     else:
-        assert amps["features.2_amplitude"].a.shape == conv_shape
+        assert amps["features.2"].a.shape == conv_shape
     assert all(torch.all(a.a == 1.0) for a in amps.values())
     # The same amplitude broadcasts over [T, N, ...] and [N, ...]:
     y = run(model, x, steps=step_mode == "s")
@@ -66,7 +69,7 @@ def test_ternary_swap_keeps_hyperparameters_and_emits_minus_one_zero_one(neuron_
     x = nets.example("m") * 4
     model = rs.convert_model(net, x, spike="ternary")
     swapped = model.get_submodule("sn1")
-    assert type(swapped).__name__ == {"IF": "TernaryIFNode", "LIF": "TernaryLIFNode", "LIF-soft": "TernaryLIFNode",
+    assert base_class(swapped).__name__ == {"IF": "TernaryIFNode", "LIF": "TernaryLIFNode", "LIF-soft": "TernaryLIFNode",
                                       "PLIF": "TernaryParametricLIFNode"}[neuron_name]
     # (a copy of) the user's own surrogate, with its settings
     assert type(swapped.surrogate_function) is surrogate.ATan and swapped.surrogate_function.alpha == 3.0
@@ -189,7 +192,7 @@ def test_report_lists_converted_and_skipped_neurons():
     x = nets.example("m")
     model = rs.convert_model(nets.custom("pool", "IF"), x, granularity="element")
     text = str(rs.conversion_report(model))
-    assert "converted 3 neuron(s), skipped 2" in text
+    assert text.startswith("3 of 5 neurons converted, 2 skipped, 0 left alone by config\n")
     assert "features.2" in text and "element-wise amplitude before max pooling" in text
     assert "8x4x4" in text
 
@@ -235,24 +238,36 @@ def test_nonlinear_consumer_is_skipped():
     assert "'sigmoid' (sigmoid) consumes scaled spikes but is not linear" in report.skipped[0].reason
 
 
-def test_untraceable_model_gives_actionable_error():
+def test_shape_dependent_forward_converts():
+    """``if x.ndim == 2`` defeats torch.fx; capture answers it from the example, the model keeps its forward."""
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.sn = neuron.IFNode()
+            self.fc1, self.sn, self.fc2 = layer.Linear(4, 4), neuron.IFNode(), layer.Linear(4, 2)
+            functional.set_step_mode(self, "m")
 
         def forward(self, x):
-            if x.sum() > 0:
-                return self.sn(x)
-            return x
+            if x.ndim == 2:  # [N, F]: repeat over T = 2 steps
+                x = x.unsqueeze(0).repeat(2, 1, 1)
+            return self.fc2(self.sn(self.fc1(x)))
 
-    with pytest.raises(rs.UnsupportedPatternError, match="torch.fx could not trace the model"):
-        rs.convert_model(Net(), torch.rand(2, 4))
+    net = Net()
+    with pytest.raises(torch.fx.proxy.TraceError):
+        torch.fx.symbolic_trace(net)
+    model = rs.convert_model(net, torch.rand(3, 4) * 4)
+    report = rs.conversion_report(model)
+    assert (report.total, [c.module for c in report.converted], report.skipped) == (1, ["sn"], [])
+    assert list(amplitudes(model)) == ["sn"]
+    assert amplitudes(model)["sn"].a.shape == (4,)
+    # The user's forward still takes both ranks, and other T and batch sizes.
+    assert run(model, torch.rand(5, 4)).shape == (2, 5, 2)
+    assert run(model, torch.rand(3, 5, 4)).shape == (3, 5, 2)
 
 
 def test_wrong_example_shape_names_the_failing_node():
     with pytest.raises(rs.UnsupportedPatternError,
-                       match=r"node 'features_0': running example_input of shape \(2, 3, 16, 16\) .*\[T, N, \.\.\.\]"):
+                       match=r"node 'features_0': running the example input through the model failed here "
+                             r"\(ValueError: expected x with shape \[T, N, C, H, W\], .*\[2, 3, 16, 16\]"):
         rs.convert_model(nets.custom("pool", "IF", "m"), nets.example("m")[0])
 
 
@@ -260,8 +275,13 @@ def test_amplitude_nodes_do_not_claim_the_neurons_module_scope():
     # Exporters name ops by nn_module_stack: the amplitude must not be attributed to the neuron.
     x = nets.example("m")
     model = rs.convert_model(nets.custom("pool", "IF", "m"), x)
-    amps = [n for n in model.graph.nodes if n.op == "call_module" and n.target.endswith("_amplitude")]
+    gm, _, after = capture_converted(copy.deepcopy(model), x)
+    assert sorted(after) == ["features.10", "features.13", "features.2", "features.6", "sn_fc"]
+    amps = [n for n in gm.graph.nodes if n.op == "call_module" and n.target in after.values()]
     assert len(amps) == 5
     for node in amps:
-        assert "nn_module_stack" not in node.meta, node.name
+        neuron_path = node.args[0].target
+        scopes = [path for path, _ in node.meta.get("nn_module_stack", {}).values()]
+        assert neuron_path not in scopes, (node.name, scopes)
+        assert scopes == [p for p, _ in node.args[0].meta.get("nn_module_stack", {}).values()][:len(scopes)]
         assert tuple(node.meta["tensor_meta"].shape) == tuple(node.args[0].meta["tensor_meta"].shape)
