@@ -10,6 +10,7 @@ from spikingjelly.activation_based import neuron
 import sj_realspike as rs
 from sj_realspike import SpikeConfig, SpikeSpec
 from sj_realspike.config import shipped_recipes
+from sj_realspike.spiking import amplitude_of
 
 DEFAULT = SpikeSpec(spike="real", granularity="channel", init=1.0)
 
@@ -120,4 +121,5 @@ def test_config_drives_convert_model():
     assert (by_name["b2.2"].spike, by_name["b2.2"].neuron, by_name["b2.2"].rule) == ("ternary", "TernaryIFNode", "regex")
     # The regex rule wins outright: its unset granularity comes from convert_model's default
     # (channel), not from the weaker type rule.
-    assert torch.equal(model.get_submodule("b2.2_amplitude").a, torch.full((8, 1, 1), 0.5))
+    assert torch.equal(amplitude_of(model.get_submodule("b2.2")).a, torch.full((8, 1, 1), 0.5))
+    assert amplitude_of(model.get_submodule("stem.2")) is None
