@@ -75,7 +75,7 @@ def test_kwargs_resolve_classes_only():
 def test_cli_convert_fold_inspect(tmp_path):
     r = cli("convert", *FACTORY, "--granularity", "element", "-o", "c.bundle", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "converted 3 neuron(s)" in r.stdout
+    assert "3 of 3 neurons converted" in r.stdout
     r = cli("fold", "c.bundle", "-o", "d.bundle", cwd=tmp_path)
     assert r.returncode == 2 and "--trust nets" in r.stderr  # convert trusted --model; reading a file does not
     r = cli("fold", "c.bundle", "-o", "d.bundle", "--trust", "nets", cwd=tmp_path)
@@ -95,7 +95,7 @@ BAD_INPUTS = [
     (["convert", *FACTORY[:2], "--kwargs", "{name: sum}", *FACTORY[4:], "-o", "out.bundle"],
      r"--kwargs is not valid JSON"),
     (["convert", *FACTORY[:4], "--example-shape", "2,2,3,15", "--step-mode", "m", "-o", "out.bundle"],
-     r"running example_input of shape \(2, 2, 3, 15\) through the model failed"),
+     r"running the example input through the model failed here .*torch\.Size\(\[2, 2, 3, 15\]\)"),
     (["convert", *FACTORY, "--recipe", "bad.toml", "-o", "out.bundle"], r"unknown key\(s\) \['granulrity'\]"),
     (["fold", "corrupt.bundle", "-o", "out.bundle"], r"corrupt, truncated or not a weights-only torch file"),
     (["convert", *FACTORY, "-o", "no_dir/out.bundle"], r"directory no_dir does not exist"),
