@@ -1,8 +1,16 @@
-"""`convert_model`: insert learnable spike amplitudes into a SpikingJelly network."""
+"""`convert_model`: give the neurons of a user's network learnable spike amplitudes.
+
+The result is the user's own class (a copy): each converted neuron is swapped, at
+its attribute path, for the same neuron carrying an `Amplitude`
+(`sj_realspike.spiking`). A graph is captured only to decide which neurons can be
+folded exactly later (`sj_realspike.capture`, `sj_realspike.flow`); the model the
+user trains runs its own ``forward``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
@@ -10,23 +18,28 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional
 
 from .amplitude import Amplitude, amplitude_shape
+from .capture import CaptureResult, capture
 from .config import Granularity, RuleSource, SpikeConfig, SpikeKind, SpikeSpec
 from .errors import UnsupportedPatternError
 from .flow import follow_amplitudes, neuron_batch_dims
 from .neurons import is_neuron, is_ternary, ternary_counterpart, to_ternary
-from .report import META_KEY, ConversionReport, ConvertedNeuron, SkippedNeuron
+from .report import ConversionReport, ConvertedNeuron, SkippedNeuron, set_record
+from .spiking import AmplitudeNeuron, attach_amplitude, base_class
 from .state import copy_model
-from .tracing import propagate_shapes, trace
 
-__all__ = ["convert_model"]
+__all__ = ["convert_model", "insert_amplitude", "remove_amplitude"]
+
+logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Selected:
-    node: fx.Node
+    target: str  # the neuron module's path
     spec: SpikeSpec
     rule: RuleSource
-    amp: fx.Node | None = None
+    amplitude: Amplitude
+    amp_target: str = ""
+    amp_nodes: list[fx.Node] = field(default_factory=list)
 
 
 def convert_model(
@@ -36,119 +49,143 @@ def convert_model(
     granularity: Granularity = "channel",
     config: SpikeConfig | None = None,
     inplace: bool = False,
-) -> fx.GraphModule:
+) -> nn.Module:
     """Give a SpikingJelly network real-valued (or ternary) spikes with learnable amplitudes.
 
-    Each selected neuron gets an `Amplitude` right after it (``o = a ⊙ s``); with
-    ``spike="ternary"`` the neuron is also swapped for its ternary counterpart with
-    the same hyper-parameters. The neuron modules themselves are reused, so their
-    surrogate, backend and step mode stay the user's.
+    Each selected neuron module gets an `Amplitude` (``o = a ⊙ s``, one ``a`` however
+    often the module is called); with ``spike="ternary"`` it is first swapped for its
+    ternary counterpart with the same hyper-parameters. The returned model is ``net``'s
+    own class with those neurons swapped at their attribute paths, so its ``forward``,
+    other time steps and batch sizes, train/eval mode, SpikingJelly backends,
+    ``torch.compile`` and DDP work as before.
 
-    A neuron whose spikes could never be folded exactly later (they reach SEW
+    To decide which neurons can be folded exactly later, the model is captured once on
+    ``example_input`` (`sj_realspike.capture`: Python control flow is answered from the
+    example). A neuron whose spikes could never be folded exactly (they reach SEW
     ``AND``/``IAND``, max pooling with an element-wise amplitude, the network output,
-    or any other nonlinear op) is skipped and listed in the report; if it was named
-    explicitly with ``SpikeConfig.set_name`` the call raises instead.
+    an opaque module, or any other nonlinear op) is skipped and listed in the report;
+    if it was named explicitly with ``SpikeConfig.set_name`` the call raises instead.
+    Converting no neuron at all logs a warning.
 
     Args:
         net: the user's network (``nn.Module``); left untouched unless ``inplace``.
-        example_input: a batch shaped as in training (``[N, …]`` or ``[T, N, …]``),
-            used once (no gradients, eval mode) to record tensor shapes.
+        example_input: a batch shaped as in training (``[T, N, …]`` for multi-step
+            models, or whatever ``forward`` takes), used once (eval mode, no gradients).
         spike: default spike kind, ``"real"`` or ``"ternary"``.
         granularity: default amplitude granularity, ``"layer"``, ``"channel"`` or ``"element"``.
         config: per-neuron rules; fields a rule leaves unset come from ``spike``/``granularity``.
             ``None`` converts every neuron with the defaults.
-        inplace: reuse ``net``'s modules instead of deep-copying them first.
+        inplace: convert ``net`` itself instead of a deep copy.
 
     Returns:
-        A ``torch.fx.GraphModule`` in ``net``'s training mode, with neuron state reset; its
-        report is available via `conversion_report`.
+        ``net``'s class (a copy unless ``inplace``) in ``net``'s training mode with neuron
+        state reset; its report is available via `conversion_report`.
 
     Raises:
-        UnsupportedPatternError: ``net`` is already converted, cannot be traced, or a
-            neuron named in ``config`` cannot be converted exactly.
+        UnsupportedPatternError: ``net`` is already converted, the example input does not
+            run through it, or a neuron named in ``config`` cannot be converted exactly.
     """
     for name, m in net.named_modules():
-        if isinstance(m, Amplitude):
+        if isinstance(m, (Amplitude, AmplitudeNeuron)):
             raise UnsupportedPatternError(
                 name, "the model is already converted (it holds spike amplitudes)",
                 "Convert the original network once; to deploy this one, call sj_realspike.fold(model)")
     default = SpikeSpec(spike=spike, granularity=granularity, init=1.0)
     config = config or SpikeConfig()
-
     model = net if inplace else copy_model(net)
-    gm = trace(model)
-    propagate_shapes(gm, example_input)
+    training = model.training
+
+    result = capture(model, example_input, record=is_neuron)
+    report, selected = _plan(result, config, default, _device(model, example_input))
+    for sel in selected:
+        module = model.get_submodule(sel.target)
+        if sel.spec.spike == "ternary" and not is_ternary(module):
+            module = to_ternary(module)
+            _set_module(model, sel.target, module)
+        sel.amplitude.spike = "ternary" if is_ternary(module) else "real"
+        attach_amplitude(module, sel.amplitude)
+        report.converted.append(ConvertedNeuron(
+            sel.target, sel.target, base_class(module).__name__, sel.amplitude.spike, sel.spec.granularity,
+            tuple(sel.amplitude.a.shape), sel.rule))
+    if not report.converted:
+        logger.warning("convert_model converted 0 of %d neurons: %s", report.total,
+                       "; ".join(f"{s.module}: {s.reason}" for s in report.skipped[:3]) or "the config selected none")
+
+    # reset_net caches the modules it resets per network; neurons were swapped since.
+    functional.invalidate_reset_cache(model)
+    functional.reset_net(model)
+    model.train(training)
+    set_record(model, {
+        "stage": "converted",
+        "conversion": report,
+        "config": config.to_dict(),
+        "spike": spike,
+        "granularity": granularity,
+        "example_shape": tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else None,
+        "example_dtype": str(example_input.dtype).removeprefix("torch.")
+        if isinstance(example_input, torch.Tensor) else None,
+    })
+    return model
+
+
+def _plan(result: CaptureResult, config: SpikeConfig, default: SpikeSpec,
+          device: torch.device) -> tuple[ConversionReport, list[_Selected]]:
+    """Which neuron modules get which amplitude: decided on the captured graph, which is discarded."""
+    gm = result.gm
     modules = dict(gm.named_modules())
-    report = ConversionReport()
+    report = ConversionReport(opaque=list(result.opaque), state_reads=list(result.state_reads))
+    calls: dict[str, list[fx.Node]] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and is_neuron(modules[node.target]):
+            calls.setdefault(node.target, []).append(node)
+    report.total = len(calls)
+    report.calls = {t: len(nodes) for t, nodes in calls.items() if len(nodes) > 1}
 
     selected: list[_Selected] = []
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or not is_neuron(modules[node.target]):
-            continue
-        spec, rule = config.resolve(node.target, modules[node.target], default)
+    for target, nodes in calls.items():
+        module = modules[target]
+        spec, rule = config.resolve(target, module, default)
         if spec is None:
-            report.untouched.append(node.target)
+            report.untouched.append(target)
             continue
-        reason = _unsupported_neuron(modules[node.target], spec)
+        reason = _unsupported_neuron(module, spec) or _shape_problem(nodes, module)
         if reason is not None:
-            _skip_or_raise(report, node, modules, rule, reason)
+            _skip_or_raise(report, target, module, rule, reason)
             continue
-        selected.append(_Selected(node, spec, rule))
-
-    device = example_input.device
-    for sel in selected:
-        sel.amp = insert_amplitude(gm, sel.node, modules[sel.node.target], sel.spec, device)
+        features = tuple(nodes[0].meta["tensor_meta"].shape[neuron_batch_dims(module):])
+        amp = Amplitude(amplitude_shape(features, spec.granularity), spec.granularity, spec.init).to(device)
+        sel = _Selected(target, spec, rule, amp)
+        sel.amp_target, sel.amp_nodes = insert_amplitude(gm, nodes, amp, target)
+        selected.append(sel)
 
     # Drop the amplitudes that could never be folded, until every remaining one can.
     while True:
         blockers, _ = follow_amplitudes(gm, rewrite=False)
         if not blockers:
             break
-        by_amp = {sel.amp: sel for sel in selected}
+        by_amp = {node: sel for sel in selected for node in sel.amp_nodes}
         for blocker in blockers:
             if not blocker.sources:
                 raise UnsupportedPatternError(blocker.node, blocker.reason, blocker.remedy)
-            for amp in blocker.sources:
-                sel = by_amp.pop(amp, None)
-                if sel is None:
+            for sel in dict.fromkeys(by_amp[a] for a in blocker.sources if a in by_amp):
+                if sel not in selected:
                     continue
-                remove_amplitude(gm, amp)
+                remove_amplitude(gm, sel.amp_nodes)
                 selected.remove(sel)
                 where = "" if f"'{blocker.node}'" in blocker.reason else f" at node '{blocker.node}'"
-                _skip_or_raise(report, sel.node, modules, sel.rule, blocker.reason + where, blocker.remedy)
+                _skip_or_raise(report, sel.target, modules[sel.target], sel.rule, blocker.reason + where,
+                               blocker.remedy)
+    return report, selected
 
-    for sel in selected:
-        module = modules[sel.node.target]
-        if sel.spec.spike == "ternary" and not is_ternary(module):
-            module = to_ternary(module)
-            _set_module(gm, sel.node.target, module)
-            modules[sel.node.target] = module
-        amp: Amplitude = gm.get_submodule(sel.amp.target)
-        amp.spike = "ternary" if is_ternary(module) else "real"
-        report.converted.append(ConvertedNeuron(
-            sel.node.name, sel.node.target, type(module).__name__, amp.spike, sel.spec.granularity,
-            tuple(amp.a.shape), sel.rule))
 
-    gm.graph.lint()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-    # reset_net caches the modules it resets per network; neurons were swapped since.
-    functional.invalidate_reset_cache(gm)
-    functional.reset_net(gm)
-    gm.train(net.training)
-    gm.meta[META_KEY] = {
-        "stage": "converted",
-        "conversion": report,
-        "config": config.to_dict(),
-        "spike": spike,
-        "granularity": granularity,
-        "example_shape": tuple(example_input.shape),
-    }
-    return gm
+def _device(model: nn.Module, example_input: object) -> torch.device:
+    if isinstance(example_input, torch.Tensor):
+        return example_input.device
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def _unsupported_neuron(module: nn.Module, spec: SpikeSpec) -> str | None:
-    if getattr(module.surrogate_function, "spiking", True) is False:
+    if getattr(getattr(module, "surrogate_function", None), "spiking", True) is False:
         return "its surrogate runs with spiking=False, so it emits analog values, not spikes"
     if spec.spike == "ternary" and not is_ternary(module) and ternary_counterpart(module) is None:
         return f"{type(module).__name__} has no ternary counterpart (IFNode, LIFNode, ParametricLIFNode have)"
@@ -159,48 +196,57 @@ def _unsupported_neuron(module: nn.Module, spec: SpikeSpec) -> str | None:
     return None
 
 
-def _skip_or_raise(report: ConversionReport, node: fx.Node, modules: dict[str, nn.Module], rule: RuleSource,
+def _shape_problem(nodes: list[fx.Node], module: nn.Module) -> str | None:
+    shapes = {tuple(n.meta["tensor_meta"].shape) for n in nodes if "tensor_meta" in n.meta}
+    if len(shapes) != 1 or len(shapes.pop()) <= neuron_batch_dims(module) - 1:
+        return "its calls give outputs of different or unknown shapes, so no single amplitude fits them all"
+    return None
+
+
+def _skip_or_raise(report: ConversionReport, target: str, module: nn.Module, rule: RuleSource,
                    reason: str, remedy: str = "") -> None:
     if rule == "name":
         raise UnsupportedPatternError(
-            node.target, f"cannot convert this neuron: {reason}",
+            target, f"cannot convert this neuron: {reason}",
             remedy or "Remove its set_name rule or set it to None to keep it binary")
-    report.skipped.append(SkippedNeuron(node.name, node.target, type(modules[node.target]).__name__, reason))
+    report.skipped.append(SkippedNeuron(target, target, type(module).__name__, reason))
 
 
-def insert_amplitude(gm: fx.GraphModule, node: fx.Node, neuron: nn.Module, spec: SpikeSpec,
-                     device: torch.device) -> fx.Node:
-    """An `Amplitude` module called on ``node``'s spikes, which every former user of ``node`` now reads."""
-    features = tuple(node.meta["tensor_meta"].shape[neuron_batch_dims(neuron):])
-    amp = Amplitude(amplitude_shape(features, spec.granularity), spec.granularity, spec.init).to(device)
-    target = f"{node.target}_amplitude"
-    i = 1
-    while _has_submodule(gm, target):
-        target, i = f"{node.target}_amplitude_{i}", i + 1
+def insert_amplitude(gm: fx.GraphModule, nodes: list[fx.Node], amp: Amplitude,
+                     name: str) -> tuple[str, list[fx.Node]]:
+    """Call ``amp`` on the output of each of ``nodes`` (the calls of one neuron), which their users now read.
+
+    ``amp`` is registered once on ``gm`` (a fresh top-level name derived from ``name``), so
+    every call shares it. Returns the target and the new nodes.
+    """
+    target = _unique_name(gm, name.replace(".", "_") + "_amplitude")
     gm.add_submodule(target, amp)
-    with gm.graph.inserting_after(node):
-        amp_node = gm.graph.call_module(target, (node,))
-    # Same shape and dtype as the spikes; but not the neuron's module identity, or exporters
-    # would attribute the amplitude's ops to the neuron's scope.
-    amp_node.meta = {k: v for k, v in node.meta.items() if k not in ("nn_module_stack", "source_fn_stack")}
-    node.replace_all_uses_with(amp_node, delete_user_cb=lambda user: user is not amp_node)
-    return amp_node
+    amp_nodes = []
+    for node in nodes:
+        with gm.graph.inserting_after(node):
+            amp_node = gm.graph.call_module(target, (node,))
+        # Same shape and dtype as the spikes; but not the neuron's module identity, or exporters
+        # would attribute the amplitude's ops to the neuron's scope.
+        amp_node.meta = {k: v for k, v in node.meta.items() if k not in ("nn_module_stack", "source_fn_stack")}
+        node.replace_all_uses_with(amp_node, delete_user_cb=lambda user, a=amp_node: user is not a)
+        amp_nodes.append(amp_node)
+    return target, amp_nodes
 
 
-def remove_amplitude(gm: fx.GraphModule, amp_node: fx.Node) -> None:
+def remove_amplitude(gm: fx.GraphModule, amp_nodes: list[fx.Node]) -> None:
     """Undo `insert_amplitude`: the users read the neuron's spikes again."""
-    amp_node.replace_all_uses_with(amp_node.args[0])
-    gm.graph.erase_node(amp_node)
+    for amp_node in amp_nodes:
+        amp_node.replace_all_uses_with(amp_node.args[0])
+        gm.graph.erase_node(amp_node)
 
 
-def _has_submodule(gm: nn.Module, target: str) -> bool:
-    try:
-        gm.get_submodule(target)
-        return True
-    except AttributeError:
-        return False
+def _unique_name(gm: nn.Module, base: str) -> str:
+    candidate, i = base, 1
+    while hasattr(gm, candidate):
+        candidate, i = f"{base}_{i}", i + 1
+    return candidate
 
 
-def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
+def _set_module(root: nn.Module, target: str, module: nn.Module) -> None:
     parent, _, name = target.rpartition(".")
-    setattr(gm.get_submodule(parent) if parent else gm, name, module)
+    setattr(root.get_submodule(parent) if parent else root, name, module)

@@ -18,7 +18,9 @@ never be folded) and `fold` (``rewrite=True``: build the deploy graph).
 from __future__ import annotations
 
 import copy
+import math
 import operator
+import zlib
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -26,8 +28,10 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .amplitude import Amplitude
+from .capture import OPAQUE_KEY
 from .errors import UnsupportedPatternError
-from .ops import OpKind, classify, describe, scalar_factor
+from .ops import OpKind, classify, describe, permutation, reduction, scalar_factor
+from .scales import compact, matmul_scale, permute_scale, reduce_scale, slice_scale, varies_only_along_last
 from .synapses import DiagonalSynapse, UnsharedConv2d
 from .weights import (
     is_spatially_uniform,
@@ -83,9 +87,9 @@ def follow_amplitudes(gm: fx.GraphModule, *, rewrite: bool,
         gm: a converted graph with ``tensor_meta`` on its nodes.
         rewrite: if true, fold the amplitudes into the graph (in place) and raise on
             the first blocker; if false, only collect blockers.
-        check_values: also block what only the amplitudes' current values forbid (a
-            negative amplitude before max pooling). Default: ``rewrite`` (at conversion
-            the values are still to be trained).
+        check_values: decide on the amplitudes' current values (a negative amplitude
+            before max pooling is blocked) rather than on generic stand-ins for values
+            still to be trained. Default: ``rewrite``.
 
     Returns:
         The blockers found (empty when ``rewrite``) and, when rewriting, what was built.
@@ -141,10 +145,15 @@ class _Walker:
             OpKind.LINEAR: self._synapse,
             OpKind.NEURON: self._membrane,
             OpKind.SHAPE: self._shape_query,
+            OpKind.PERMUTE: self._permute,
+            OpKind.MEAN: self._mean,
+            OpKind.SPLIT: self._split,
+            OpKind.GETITEM: self._getitem,
+            OpKind.MATMUL: self._matmul,
         }.get(kind)
         only_first_input = len(carried) == 1 and node.args[:1] == (carried[0],) and carried[0] not in (
             *node.args[1:], *node.kwargs.values())
-        if handler is None or (kind is not OpKind.ADD and not only_first_input):
+        if handler is None or (kind not in (OpKind.ADD, OpKind.MATMUL) and not only_first_input):
             self._block(node, carried, self._unsupported_reason(node, kind),
                         "Scaled spikes may only pass reshapes, pooling, dropout, scalar factors and "
                         "additions on their way to a conv/linear layer or a neuron; leave this neuron "
@@ -159,6 +168,9 @@ class _Walker:
             return f"{what} multiplies spike tensors (e.g. SEW 'AND'), which is not linear in the spikes"
         if node.op == "call_function" and node.target in (operator.sub, torch.sub, torch.rsub):
             return f"{what} subtracts spike tensors (e.g. SEW 'IAND': (1 - x) * y), which is not linear in the spikes"
+        opaque = self.gm.meta.get(OPAQUE_KEY, {})
+        if node.op == "call_module" and node.target in opaque:
+            return f"{what} was kept whole ({opaque[node.target]}), so nothing can be folded through it"
         return f"{what} consumes scaled spikes but is not linear in them (or not supported)"
 
     def _block(self, node: fx.Node, carried: list[fx.Node], reason: str, remedy: str) -> None:
@@ -176,7 +188,8 @@ class _Walker:
         amp: Amplitude = self.modules[node.target]
         spikes = node.args[0]
         batch_dims = neuron_batch_dims(self.modules[spikes.target])
-        self.exprs[node] = (Term(spikes, self._shape(spikes), amp.a.detach().double(), batch_dims, (node,)),)
+        scale = amp.a.detach().double() if self.check_values else _generic(amp.a.shape, node.target)
+        self.exprs[node] = (Term(spikes, self._shape(spikes), scale, batch_dims, (node,)),)
 
     # ------------------------------------------------------------ linear ops
     def _linear_op(self, node: fx.Node) -> None:
@@ -195,13 +208,16 @@ class _Walker:
                     terms.append(replace(t, deferred=(node,)))
             else:  # reshape: the scale is reshaped with the features
                 b = t.batch_dims
-                if out_shape[:b] != t.shape[:b]:
+                k = _batch_boundary(t.shape, b, out_shape)
+                if k is None:
                     self._block(node, [node.args[0]],
                                 f"{describe(node, self.modules)} reshapes {t.shape} to {out_shape}, "
                                 f"mixing the {b} batch/time dim(s) with the features",
-                                f"Reshape only the feature dims (e.g. torch.flatten(x, {b}))")
-                scale = t.scale if t.scale.dim() == 0 else t.scale.expand(t.shape[b:]).reshape(out_shape[b:])
-                terms.append(replace(t, node=self._replay(node, t.node), shape=out_shape, scale=scale))
+                                f"Reshape the batch/time dims (e.g. x.flatten(0, 1)) and the feature dims "
+                                f"(e.g. torch.flatten(x, {b})) separately")
+                scale = t.scale if t.scale.dim() == 0 else t.scale.expand(t.shape[b:]).reshape(out_shape[k:])
+                terms.append(replace(t, node=self._replay(node, t.node), shape=out_shape,
+                                     scale=compact(scale), batch_dims=k))
         self.exprs[node] = tuple(terms)
 
     def _identity(self, node: fx.Node) -> None:
@@ -248,6 +264,118 @@ class _Walker:
             terms.extend(self.exprs.get(arg, (Term(arg, out_shape, None, 0),)))
         self.exprs[node] = tuple(terms)
 
+    def _permute(self, node: fx.Node) -> None:
+        out_shape = self._shape(node)
+        terms = []
+        for t in self._terms(node):
+            perm = permutation(node, len(t.shape))
+            if perm is None:
+                self._block(node, [node.args[0]], f"{describe(node, self.modules)} permutes dims that are not static",
+                            "Pass the dims as integers")
+            if t.scale is None or t.deferred:
+                terms.append(replace(t, node=self._replay(node, t.node), shape=out_shape) if t.scale is None
+                             else replace(t, deferred=t.deferred + (node,)))
+                continue
+            b = t.batch_dims
+            if sorted(perm[:b]) != list(range(b)):
+                self._block(node, [node.args[0]],
+                            f"{describe(node, self.modules)} moves the batch/time dims of {t.shape} into the features",
+                            "Keep [T, N] (or [N]) leading while scaled spikes travel to their synapse")
+            scale = permute_scale(t.scale, [p - b for p in perm[b:]])
+            terms.append(replace(t, node=self._replay(node, t.node), shape=out_shape, scale=compact(scale)))
+        self.exprs[node] = tuple(terms)
+
+    def _mean(self, node: fx.Node) -> None:
+        out_shape = self._shape(node)
+        dims, keepdim = reduction(node)
+        terms = []
+        for t in self._terms(node):
+            rank, b = len(t.shape), t.batch_dims
+            reduced = sorted({d % rank for d in dims})
+            batch = [d for d in reduced if d < b]
+            features = [d - b for d in reduced if d >= b]
+            new_b = b if keepdim else b - len(batch)
+            if t.scale is None:
+                terms.append(replace(t, node=self._replay(node, t.node), shape=out_shape, batch_dims=new_b))
+                continue
+            scale = reduce_scale(t.scale, rank - b, features, keepdim) if not t.deferred else None
+            if scale is None:
+                if batch:
+                    self._block(node, [node.args[0]],
+                                f"{describe(node, self.modules)} averages over time/batch after an element-wise "
+                                "amplitude was pooled", "Use channel granularity for this neuron")
+                terms.append(replace(t, deferred=t.deferred + (node,)))  # only a Linear can absorb it
+                continue
+            terms.append(replace(t, node=self._replay(node, t.node), shape=out_shape, scale=compact(scale),
+                                 batch_dims=new_b))
+        self.exprs[node] = tuple(terms)
+
+    def _split(self, node: fx.Node) -> None:
+        # The tuple carries the terms (shape: the tensor split); each getitem of it takes its slice.
+        self.exprs[node] = tuple(replace(t, node=self._replay(node, t.node)) if not t.deferred else t
+                                 for t in self._terms(node))
+
+    def _getitem(self, node: fx.Node) -> None:
+        source = node.args[0]
+        out_shape = self._shape(node)
+        terms = []
+        for t in self.exprs[source]:
+            if classify(source, self.modules) is OpKind.SPLIT:
+                dim, index = _split_slice(source, node.args[1], t.shape)
+                indices: tuple = (slice(None),) * dim + (index,)
+            else:
+                indices = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+            picked = _feature_index(indices, len(t.shape), t.batch_dims)
+            if picked is None:
+                self._block(node, [source], f"{describe(node, self.modules)} indexes scaled spikes in a way "
+                                            "that is not a plain slice", "Slice with integers and ranges only")
+            b_removed, feature_index = picked
+            new_b = t.batch_dims - b_removed
+            if t.scale is None:
+                terms.append(replace(t, node=self._replay(node, t.node), shape=out_shape, batch_dims=new_b))
+                continue
+            if t.deferred:
+                self._block(node, [source], f"{describe(node, self.modules)} slices pooled element-wise amplitudes",
+                            "Use channel granularity for this neuron")
+            scale, rank = t.scale, len(t.shape) - t.batch_dims
+            for d, index in reversed(feature_index):
+                scale = slice_scale(scale, rank, d, index)
+                rank = rank - 1 if isinstance(index, int) else rank
+            terms.append(replace(t, node=self._replay(node, t.node), shape=out_shape, scale=compact(scale),
+                                 batch_dims=new_b))
+        self.exprs[node] = tuple(terms)
+
+    def _matmul(self, node: fx.Node) -> None:
+        left, right = node.args[:2]
+        if node.kwargs or len(node.args) != 2:
+            self._block(node, [a for a in (left, right) if a in self.exprs], f"{describe(node, self.modules)} "
+                        "has extra arguments", "Use a plain a @ b")
+        sides = []
+        for arg in (left, right):
+            terms = self.exprs.get(arg, (Term(arg, self._shape(arg), None, 0),)) if isinstance(arg, fx.Node) else ()
+            if len(terms) != 1 or terms[0].deferred:
+                self._block(node, [a for a in (left, right) if a in self.exprs],
+                            f"{describe(node, self.modules)} multiplies a sum of spike trains (or pooled element-wise "
+                            "amplitudes), which does not factor", "Leave the neurons feeding this product binary")
+            sides.append(terms[0])
+        a, b = sides
+        batch = max(a.batch_dims, b.batch_dims)
+        if a.scale is not None and b.scale is not None and a.batch_dims != b.batch_dims:
+            self._block(node, [x for x in (left, right) if x in self.exprs], f"{describe(node, self.modules)} multiplies spikes with different "
+                        "batch/time layouts", "Keep [T, N] leading on both operands")
+        rank = len(self._shape(node)) - batch
+        one = torch.ones((), dtype=torch.float64)
+        alpha = a.scale if a.scale is not None else one
+        beta = b.scale if b.scale is not None else one
+        scale = matmul_scale(alpha, beta, rank)
+        if scale is None:
+            self._block(node, [x for x in (left, right) if x in self.exprs],
+                        f"{describe(node, self.modules)} contracts an index along which the amplitudes of both "
+                        "operands vary, and their products are not constant along it",
+                        "Use layer granularity (or one amplitude per q/k/v slice) for the neurons feeding it")
+        new = self._replay2(node, a.node, b.node)
+        self.exprs[node] = (Term(new, self._shape(node), scale, batch, a.sources + b.sources),)
+
     def _shape_query(self, node: fx.Node) -> None:
         if not self.rewrite:
             return
@@ -270,11 +398,11 @@ class _Walker:
                             f"element-wise amplitude passes {describe(t.deferred[0], self.modules)} before conv "
                             f"{describe(node, self.modules)}; pooling mixes positions, so no conv kernel can absorb it",
                             "Use channel granularity for this neuron (only a Linear layer can absorb pooled element-wise amplitudes)")
-            if not conv and not t.deferred and t.scale.dim() > 1:
+            if not conv and not t.deferred and not varies_only_along_last(t.scale):
                 self._block(node, [node.args[0]],
                             f"{describe(node, self.modules)} acts on the last dim of a {len(t.shape)}-d tensor, "
-                            "so the amplitude is not a per-input-column factor",
-                            "Flatten the features before the Linear layer")
+                            "but the amplitude also varies along the other dims, so it is not a per-input-column factor",
+                            "Flatten the features before the Linear layer, or use channel granularity")
             if conv and not is_spatially_uniform(t.scale):
                 if not isinstance(syn, nn.Conv2d) or syn.padding_mode != "zeros":
                     self._block(node, [node.args[0]],
@@ -307,7 +435,7 @@ class _Walker:
                 if t.scale is not None:
                     w = syn.weight.detach().double()
                     w = scale_input_channels(w, t.scale, syn.groups) if isinstance(syn, (nn.Conv1d, nn.Conv2d)) \
-                        else scale_linear_columns(w, t.scale)
+                        else scale_linear_columns(w, compact(t.scale).reshape(-1))
                     new.weight.copy_(w.to(syn.weight.dtype))
                     self.stats.scaled_synapses.append(name)
                 if not keep_bias and new.bias is not None:
@@ -383,6 +511,17 @@ class _Walker:
             self._replayed[key] = new
         return self._replayed[key]
 
+    def _replay2(self, op: fx.Node, x: fx.Node, y: fx.Node) -> fx.Node:
+        """Binary ``op`` applied to ``x`` and ``y`` instead of its original inputs."""
+        if not self.rewrite:
+            return op
+        if (x, y) == tuple(op.args[:2]):
+            return op
+        with self.graph.inserting_before(op):
+            new = self.graph.create_node(op.op, op.target, (x, y), dict(op.kwargs))
+        new.meta = dict(op.meta)
+        return new
+
     def _call_new(self, name: str, module: nn.Module, x: fx.Node) -> fx.Node:
         target = _unique_name(self.gm, name)
         self.gm.add_submodule(target, module)
@@ -396,6 +535,64 @@ class _Walker:
                 node.replace_all_uses_with(node.args[0])
                 self.graph.erase_node(node)
         self.graph.eliminate_dead_code()
+
+
+def _generic(shape: torch.Size, name: str) -> torch.Tensor:
+    """Distinct positive stand-in values for an amplitude still to be trained.
+
+    What folds must not depend on the values an amplitude happens to hold at
+    conversion (all 1): checks such as "constant along the contracted index" are made
+    on generic values, which are equal only where the structure makes them equal (the
+    same entry of the same amplitude).
+    """
+    g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    return 1.0 + torch.rand(shape, generator=g, dtype=torch.float64)
+
+
+def _batch_boundary(shape: tuple[int, ...], b: int, out_shape: tuple[int, ...]) -> int | None:
+    """Batch dims of ``reshape(shape → out_shape)`` when the first ``b`` dims of ``shape`` are batch dims.
+
+    A row-major reshape keeps batch and features apart exactly when some prefix of
+    ``out_shape`` has the batch dims' element count: ``[T, N, C, H, W] → [T·N, C, H, W]``
+    (``flatten(0, 1)``), ``[T·N, F] → [T, N, F]`` and ``[T, N, C, H, W] → [T, N, C·H·W]``
+    all do; ``[T, N, C] → [T, N·C]`` does not. ``None`` if no prefix fits.
+    """
+    batch = math.prod(shape[:b])
+    if tuple(out_shape[:b]) == tuple(shape[:b]):
+        return b
+    for k in range(1, len(out_shape) + 1):
+        if math.prod(out_shape[:k]) == batch and math.prod(out_shape[k:]) == math.prod(shape[b:]):
+            return k
+    return None
+
+
+def _split_slice(split: fx.Node, index: object, shape: tuple[int, ...]) -> tuple[int, slice]:
+    """``(dim, slice)`` that getitem ``index`` of the ``chunk``/``split`` node ``split`` takes."""
+    pieces = split.meta["tensor_meta"]
+    dim = split.args[2] if len(split.args) > 2 else split.kwargs.get("dim", 0)
+    dim %= len(shape)
+    sizes = [p.shape[dim] for p in pieces]
+    start = sum(sizes[:index])
+    return dim, slice(start, start + sizes[index])
+
+
+def _feature_index(indices: tuple, rank: int, b: int) -> tuple[int, list[tuple[int, slice | int]]] | None:
+    """``(batch dims removed, [(feature dim, index)])`` for basic indexing, or ``None`` for anything else."""
+    if any(i is Ellipsis for i in indices):
+        at = indices.index(Ellipsis)
+        indices = indices[:at] + (slice(None),) * (rank - len(indices) + 1) + indices[at + 1:]
+    if len(indices) > rank or not all(isinstance(i, (int, slice)) for i in indices):
+        return None
+    if any(isinstance(i, slice) and not all(isinstance(v, (int, type(None))) for v in (i.start, i.stop, i.step))
+           for i in indices):
+        return None
+    removed, features = 0, []
+    for d, i in enumerate(indices):
+        if d < b:
+            removed += isinstance(i, int)
+        elif i != slice(None):
+            features.append((d - b, i))
+    return removed, features
 
 
 def neuron_batch_dims(neuron: nn.Module) -> int:

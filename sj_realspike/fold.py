@@ -11,15 +11,15 @@ import torch.nn as nn
 from spikingjelly.activation_based import base, functional
 
 from .amplitude import Amplitude
-from .config import SpikeSpec
+from .capture import capture, check_generality
 from .convert import insert_amplitude, remove_amplitude
 from .errors import UnsupportedPatternError
 from .flow import follow_amplitudes
 from .neurons import is_neuron, is_ternary
 from .ops import OpKind, classify, scalar_factor
-from .report import META_KEY, FoldReport
+from .report import FoldReport, record_of, set_record
+from .spiking import AmplitudeNeuron, detach_amplitude
 from .state import copy_model
-from .tracing import trace
 from .weights import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 __all__ = ["NotConvertedWarning", "constant_factors_on_spikes", "fold", "fuse_batchnorm"]
@@ -33,14 +33,17 @@ class NotConvertedWarning(UserWarning):
     """
 
 
-def fold(model: nn.Module, *, inplace: bool = False) -> fx.GraphModule:
+def fold(model: nn.Module, *, inplace: bool = False,
+         example_input: torch.Tensor | None = None) -> fx.GraphModule:
     """The deploy model: every neuron emits {0,1} or {−1,0,1}, amplitudes live in the weights.
 
-    BatchNorm is first fused into the conv/linear before it, then each amplitude is
-    pushed through the ops between its neuron and the synapses that consume it
-    (reshape, pooling, residual additions) and folded into those synapses' weights;
-    see `sj_realspike.flow` for the rules. All weight math runs in float64 and is
-    cast back once. The result computes the trained model's eval-mode function.
+    The converted model is captured (`sj_realspike.capture`) with each amplitude spliced
+    in after every call of its neuron; BatchNorm is fused into the conv/linear before
+    it, then each amplitude is pushed through the ops between its neuron and the
+    synapses that consume it (reshape, pooling, residual additions) and folded into
+    those synapses' weights; see `sj_realspike.flow` for the rules. All weight math
+    runs in float64 and is cast back once. The result computes the trained model's
+    eval-mode function.
 
     Max pooling is folded only where the amplitudes before it are non-negative; a
     negative one raises (``max(a·s) = a·min(s)`` has no binary max-pool form).
@@ -51,30 +54,36 @@ def fold(model: nn.Module, *, inplace: bool = False) -> fx.GraphModule:
 
     Args:
         model: a model from `convert_model` (possibly trained), or any SpikingJelly
-            network (then only BatchNorm is fused). A ``DistributedDataParallel``
-            wrapper must be unwrapped first (``model.module``).
-        inplace: fold ``model`` itself instead of a deep copy.
+            network (then only BatchNorm and constant factors are folded). A
+            ``DistributedDataParallel`` wrapper must be unwrapped first (``model.module``).
+        inplace: allowed to take ``model`` apart instead of working on a deep copy.
+        example_input: a batch to capture the model on (default: zeros of the shape
+            and dtype recorded by `convert_model`; needed for unconverted networks).
 
     Returns:
         The deploy ``GraphModule`` in eval mode with neuron state reset; `fold_report`
         describes it. Folding a deploy model again returns an equal model.
 
     Raises:
-        UnsupportedPatternError: an amplitude cannot be folded exactly (names the node).
+        UnsupportedPatternError: an amplitude cannot be folded exactly, or the model's
+            forward reads neuron state (names the module).
+        ValueError: an unconverted network without ``example_input``.
     """
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         raise UnsupportedPatternError(type(model).__name__, "a data-parallel wrapper cannot be folded",
                                       "Fold the wrapped model on one rank: sj_realspike.fold(model.module)")
-    if getattr(model, "meta", {}).get(META_KEY, {}).get("stage") != "deploy" \
-            and not any(isinstance(m, Amplitude) for m in model.modules()):
+    record = record_of(model)
+    if record.get("stage") == "deploy":
+        return model if inplace else copy_model(model)
+    if not any(isinstance(m, AmplitudeNeuron) for m in model.modules()):
         warnings.warn(f"{type(model).__name__} holds no spike amplitudes (was sj_realspike.convert_model "
                       "forgotten?): fold only fuses BatchNorm and folds constant factors on spikes",
                       NotConvertedWarning, stacklevel=2)
-    gm = model if inplace else copy_model(model)
-    if not isinstance(gm, fx.GraphModule):
-        gm = trace(gm)
+    x = example_for(model, record, example_input)
+    work = model if inplace else copy_model(model)
+    gm, fixed, _ = capture_converted(work, x)
     dtype = next((p.dtype for p in gm.parameters() if p.is_floating_point()), torch.float32)
-    before = sum(p.numel() for p in gm.parameters())
+    before = sum(p.numel() for p in work.parameters())
     gm.eval()
     functional.reset_net(gm)
 
@@ -101,9 +110,63 @@ def fold(model: nn.Module, *, inplace: bool = False) -> fx.GraphModule:
     report.merged_linears = stats.merged_linears
     report.diagonal_synapses = stats.diagonal_synapses
     report.parameters_after = sum(p.numel() for p in gm.parameters())
-    previous = getattr(gm, "meta", {}).get(META_KEY, {})
-    gm.meta[META_KEY] = {**previous, "stage": "deploy", "fold": report}
+    report.fixed_input_dims = fixed
+    set_record(gm, {**record, "stage": "deploy", "fold": report, "example_shape": tuple(x.shape),
+                    "fixed_input_dims": fixed})
     return gm
+
+
+def capture_converted(model: nn.Module, x: torch.Tensor, *,
+                      generality: bool = True) -> tuple[fx.GraphModule, dict[int, int], dict[str, str]]:
+    """The graph of a converted model with each amplitude as its own node after every neuron call.
+
+    Takes ``model`` apart (pass a copy): each neuron carrying an amplitude becomes its
+    plain class again and the amplitude a top-level module the capture splices in.
+    Also returns the input dims the graph is specialized to (`check_generality`, empty
+    when ``generality`` is false) and ``{neuron path: amplitude module name}``.
+
+    Raises:
+        UnsupportedPatternError: the model's forward reads neuron state, which the
+            deploy graph would freeze into a constant.
+    """
+    after = {}
+    for path, m in list(model.named_modules()):
+        if isinstance(m, AmplitudeNeuron):
+            amp = detach_amplitude(m)
+            name = _unique_attr(model, path.replace(".", "_") + "_amplitude")
+            model.add_module(name, amp)
+            after[path] = name
+    functional.invalidate_reset_cache(model)
+    result = capture(model, x, after=after)
+    if result.state_reads:
+        path, attr = result.state_reads[0]
+        raise UnsupportedPatternError(
+            path, f"the model's forward reads this module's state '{attr}', which a captured deploy graph "
+                  "would freeze into a constant",
+            "Return the module's output instead of its state (for a membrane readout, use a neuron that "
+            "outputs v, or a Linear/integrator layer), then convert again")
+    batch_dims = (0, 1) if x.dim() >= 3 else (0,)
+    fixed = check_generality(model, x, batch_dims, result, after=after) if generality else {}
+    return result.gm, fixed, after
+
+
+def example_for(model: nn.Module, record: dict, example_input: torch.Tensor | None) -> torch.Tensor:
+    if example_input is not None:
+        return example_input
+    shape = record.get("example_shape")
+    if shape is None:
+        raise ValueError(f"fold needs example_input= to capture this {type(model).__name__}: it was not "
+                         "produced by sj_realspike.convert_model (which records the example's shape)")
+    dtype = getattr(torch, record.get("example_dtype") or "float32")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
+def _unique_attr(model: nn.Module, base_name: str) -> str:
+    candidate, i = base_name, 1
+    while hasattr(model, candidate):
+        candidate, i = f"{base_name}_{i}", i + 1
+    return candidate
 
 
 # Ops that carry spikes towards a synapse unchanged but for linear rearrangement.
@@ -157,15 +220,15 @@ def _amplitudes_for_constant_factors(gm: fx.GraphModule) -> None:
             continue
         if any(classify(u, modules) is OpKind.AMPLITUDE for u in node.users):
             continue
-        spec = SpikeSpec(granularity="layer", init=1.0)
-        added.append(insert_amplitude(gm, node, modules[node.target], spec, device))
+        _, (amp,) = insert_amplitude(gm, [node], Amplitude((), "layer", 1.0).to(device), node.target)
+        added.append(amp)
     while added:
         blockers, _ = follow_amplitudes(gm, rewrite=False, check_values=True)
         blocked = {s for b in blockers for s in b.sources}.intersection(added)
         if not blocked:
             break
         for amp in blocked:
-            remove_amplitude(gm, amp)
+            remove_amplitude(gm, [amp])
             added.remove(amp)
 
 

@@ -15,7 +15,7 @@ from spikingjelly.activation_based import layer
 from .amplitude import Amplitude
 from .neurons import is_neuron
 
-__all__ = ["OpKind", "classify", "describe", "scalar_factor"]
+__all__ = ["OpKind", "classify", "describe", "permutation", "reduction", "scalar_factor"]
 
 
 class OpKind(enum.Enum):
@@ -29,13 +29,26 @@ class OpKind(enum.Enum):
     IDENTITY = "identity"  # dropout (identity at inference), nn.Identity
     SCALAR = "scalar"  # multiply / divide by a Python number
     ADD = "add"
+    PERMUTE = "permute"  # permute / transpose: moves dims
+    MEAN = "mean"  # mean / sum over some dims: linear
+    SPLIT = "split"  # chunk / split: a tuple of slices, read by getitem
+    GETITEM = "getitem"  # indexing / slicing, or one slice of a split
+    MATMUL = "matmul"  # product of two tensors (attention), bilinear
     SHAPE = "shape"  # reads a shape, not values
     OUTPUT = "output"
     OTHER = "other"
 
 
-_RESHAPE_FUNCS = {torch.flatten, torch.reshape}
-_RESHAPE_METHODS = {"flatten", "view", "reshape"}
+_RESHAPE_FUNCS = {torch.flatten, torch.reshape, torch.unflatten}
+_RESHAPE_METHODS = {"flatten", "view", "reshape", "unflatten"}
+_PERMUTE_FUNCS = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims}
+_PERMUTE_METHODS = {"permute", "transpose", "swapaxes", "swapdims"}
+_MEAN_FUNCS = {torch.mean, torch.sum}
+_MEAN_METHODS = {"mean", "sum"}
+_SPLIT_FUNCS = {torch.chunk, torch.split, torch.tensor_split}
+_SPLIT_METHODS = {"chunk", "split", "tensor_split"}
+_MATMUL_FUNCS = {operator.matmul, torch.matmul, torch.bmm}
+_IDENTITY_METHODS = {"contiguous", "clone"}
 _AVGPOOL_FUNCS = {F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d}
 _MAXPOOL_FUNCS = {F.max_pool1d, F.max_pool2d}
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
@@ -84,6 +97,16 @@ def classify(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
             return OpKind.SHAPE
         if t in (F.dropout, F.dropout2d):
             return OpKind.IDENTITY
+        if t in _PERMUTE_FUNCS:
+            return OpKind.PERMUTE
+        if t in _MEAN_FUNCS and _reduced_dims(node) is not None:
+            return OpKind.MEAN
+        if t in _SPLIT_FUNCS:
+            return OpKind.SPLIT
+        if t is operator.getitem:
+            return OpKind.GETITEM
+        if t in _MATMUL_FUNCS:
+            return OpKind.MATMUL
         return OpKind.OTHER
     if node.op == "call_method":
         t = node.target
@@ -95,8 +118,52 @@ def classify(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
             return OpKind.SCALAR
         if t in ("size", "dim"):
             return OpKind.SHAPE
+        if t in _PERMUTE_METHODS:
+            return OpKind.PERMUTE
+        if t in _MEAN_METHODS and _reduced_dims(node) is not None:
+            return OpKind.MEAN
+        if t in _SPLIT_METHODS:
+            return OpKind.SPLIT
+        if t == "matmul":
+            return OpKind.MATMUL
+        if t in _IDENTITY_METHODS and len(node.args) == 1:
+            return OpKind.IDENTITY
         return OpKind.OTHER
     return OpKind.OTHER
+
+
+def _reduced_dims(node: fx.Node) -> tuple[int, ...] | None:
+    """The dims ``mean``/``sum`` reduce (``None``: all of them, or a dtype/other argument we don't model)."""
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if isinstance(dims, int):
+        return (dims,)
+    if isinstance(dims, (tuple, list)) and dims and all(isinstance(d, int) for d in dims):
+        return tuple(dims)
+    return None
+
+
+def reduction(node: fx.Node) -> tuple[tuple[int, ...], bool]:
+    """``(dims, keepdim)`` of a `OpKind.MEAN` node (dims may be negative)."""
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    return _reduced_dims(node), bool(keepdim)
+
+
+def permutation(node: fx.Node, rank: int) -> list[int] | None:
+    """Output dim ``i`` reads input dim ``perm[i]`` for a `OpKind.PERMUTE` node (``None``: not static)."""
+    args = list(node.args[1:])
+    name = node.target if isinstance(node.target, str) else node.target.__name__
+    if name == "permute":
+        dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+        dims = dims or node.kwargs.get("dims")
+        if not dims or not all(isinstance(d, int) for d in dims) or len(dims) != rank:
+            return None
+        return [d % rank for d in dims]
+    a, b = (args + [node.kwargs.get("dim0"), node.kwargs.get("dim1")])[:2] if len(args) < 2 else args[:2]
+    if not (isinstance(a, int) and isinstance(b, int)):
+        return None
+    perm = list(range(rank))
+    perm[a % rank], perm[b % rank] = perm[b % rank], perm[a % rank]
+    return perm
 
 
 def scalar_factor(node: fx.Node) -> float | None:

@@ -8,7 +8,7 @@ from typing import Any
 import torch.fx as fx
 import torch.nn as nn
 
-__all__ = ["ConvertedNeuron", "SkippedNeuron", "ConversionReport", "FoldReport", "conversion_report",
+__all__ = ["record_of", "set_record", "ConvertedNeuron", "SkippedNeuron", "ConversionReport", "FoldReport", "conversion_report",
            "fold_report", "format_table"]
 
 META_KEY = "sj_realspike"
@@ -50,10 +50,16 @@ class ConversionReport:
     converted: list[ConvertedNeuron] = field(default_factory=list)
     skipped: list[SkippedNeuron] = field(default_factory=list)
     untouched: list[str] = field(default_factory=list)
+    total: int = 0  # neuron modules found (a module called in a time loop counts once)
+    calls: dict[str, int] = field(default_factory=dict)  # modules called more than once: how often
+    opaque: list[tuple[str, str]] = field(default_factory=list)  # (module, reason) kept whole at capture
+    state_reads: list[tuple[str, str]] = field(default_factory=list)  # (module, attribute) read in forward
 
     def __str__(self) -> str:
-        parts = [f"converted {len(self.converted)} neuron(s), skipped {len(self.skipped)}, "
-                 f"left alone by config {len(self.untouched)}"]
+        parts = [f"{len(self.converted)} of {self.total} neurons converted, {len(self.skipped)} skipped, "
+                 f"{len(self.untouched)} left alone by config"]
+        if not self.converted and self.skipped:
+            parts[0] += f" (first reason: {self.skipped[0].module}: {self.skipped[0].reason})"
         if self.converted:
             parts.append(format_table(
                 ["neuron", "type", "spike", "granularity", "amplitude", "rule"],
@@ -65,6 +71,12 @@ class ConversionReport:
                                       [[s.module, s.neuron, s.reason] for s in self.skipped]))
         if self.untouched:
             parts.append("left alone by config: " + ", ".join(self.untouched))
+        if self.calls:
+            parts.append("called more than once (one amplitude each): "
+                         + ", ".join(f"{m} x{n}" for m, n in self.calls.items()))
+        parts += [f"kept whole (not traced): {m}: {why}" for m, why in self.opaque]
+        parts += [f"forward reads state '{attr}' of {m}: fold and export will refuse this model"
+                  for m, attr in self.state_reads]
         return "\n".join(parts)
 
 
@@ -80,6 +92,7 @@ class FoldReport:
     diagonal_synapses: list[str] = field(default_factory=list)
     parameters_before: int = 0
     parameters_after: int = 0
+    fixed_input_dims: dict[int, int] = field(default_factory=dict)  # input dim -> size the graph is specialized to
 
     @property
     def parameter_growth(self) -> float:
@@ -101,15 +114,34 @@ class FoldReport:
         return format_table(["fold", "result"], rows)
 
 
-def _meta(model: nn.Module) -> dict[str, Any]:
+_ATTR = "_sj_realspike_record"
+
+
+def record_of(model: nn.Module) -> dict[str, Any]:
+    """What sj_realspike's passes recorded on ``model`` (stage, reports, example shape…); ``{}`` if none.
+
+    Deploy models are ``fx.GraphModule``s and keep it in ``model.meta``; converted models
+    are the user's own class and keep it in an instance attribute (copied with the model).
+    """
+    if isinstance(model, fx.GraphModule) and META_KEY in model.meta:
+        return model.meta[META_KEY]
+    return model.__dict__.get(_ATTR, {})
+
+
+def set_record(model: nn.Module, record: dict[str, Any]) -> None:
+    """Attach ``record`` to ``model`` (see `record_of`)."""
     if isinstance(model, fx.GraphModule):
-        return model.meta.get(META_KEY, {})
-    return {}
+        model.meta[META_KEY] = record
+        model.__dict__.pop(_ATTR, None)
+    else:
+        model.__dict__[_ATTR] = record
+
+
 
 
 def conversion_report(model: nn.Module) -> ConversionReport:
     """The report `convert_model` attached to ``model`` (raises if it is not converted)."""
-    report = _meta(model).get("conversion")
+    report = record_of(model).get("conversion")
     if report is None:
         raise ValueError("this model was not produced by sj_realspike.convert_model")
     return report
@@ -117,7 +149,7 @@ def conversion_report(model: nn.Module) -> ConversionReport:
 
 def fold_report(model: nn.Module) -> FoldReport:
     """The report `fold` attached to a deploy model (raises if it is not folded)."""
-    report = _meta(model).get("fold")
+    report = record_of(model).get("fold")
     if report is None:
         raise ValueError("this model was not produced by sj_realspike.fold")
     return report

@@ -21,9 +21,12 @@ import torch.fx as fx
 import torch.nn as nn
 from spikingjelly.activation_based import functional, neuron
 
-from .amplitude import Amplitude
+from .fold import capture_converted, example_for
 from .neurons import TernaryParametricLIFNode, is_neuron
 from .ops import OpKind, classify
+from .report import record_of
+from .spiking import amplitude_of
+from .state import copy_model
 
 __all__ = ["make_dyadic", "dyadic_input", "randomize_amplitudes", "assert_exact_in_fp32", "run",
            "spike_values", "firing_rate"]
@@ -45,24 +48,24 @@ def _dyadic_weight(w: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.randint(-2, 3, w.shape, generator=g).float() * step
 
 
-def randomize_amplitudes(model: fx.GraphModule, seed: int = 0, negative: bool = True) -> None:
+def randomize_amplitudes(model: nn.Module, seed: int = 0, negative: bool = True) -> None:
     """Amplitudes on multiples of 1/4 in [0.25, 2]; a quarter of the entries negative where legal.
 
     Negative amplitudes are illegal before max pooling, so amplitudes whose spikes reach
     a max-pool stay positive.
     """
     g = torch.Generator().manual_seed(seed)
-    modules = dict(model.named_modules())
-    before_maxpool = _amplitudes_before_maxpool(model, modules)
+    gm, _, after = capture_converted(copy_model(model), example_for(model, record_of(model), None), generality=False)
+    modules = dict(gm.named_modules())
+    before_maxpool = {n.target for n in _amplitudes_before_maxpool(gm, modules)}
     with torch.no_grad():
-        for node in model.graph.nodes:
-            if node.op == "call_module" and isinstance(modules[node.target], Amplitude):
-                a = modules[node.target].a
-                mag = torch.randint(1, 9, a.shape, generator=g).float() / 4
-                sign = torch.ones(a.shape)
-                if negative and node not in before_maxpool:
-                    sign = torch.where(torch.rand(a.shape, generator=g) < 0.25, -1.0, 1.0)
-                a.copy_(mag * sign)
+        for path, name in after.items():
+            a = amplitude_of(model.get_submodule(path)).a
+            mag = torch.randint(1, 9, a.shape, generator=g).float() / 4
+            sign = torch.ones(a.shape)
+            if negative and name not in before_maxpool:
+                sign = torch.where(torch.rand(a.shape, generator=g) < 0.25, -1.0, 1.0)
+            a.copy_(mag * sign)
 
 
 def _amplitudes_before_maxpool(model: fx.GraphModule, modules) -> set[fx.Node]:
@@ -95,7 +98,7 @@ def make_dyadic(model: nn.Module, x: torch.Tensor, seed: int = 0, amplitudes: bo
     var to a power of 4), gamma in [0.5, 2] and beta in [0, 0.5] on 1/8 steps.
     """
     g = torch.Generator().manual_seed(seed)
-    if amplitudes and isinstance(model, fx.GraphModule):
+    if amplitudes and any(amplitude_of(m) is not None for m in model.modules()):
         randomize_amplitudes(model, seed, negative)
     with torch.no_grad():
         for m in model.modules():

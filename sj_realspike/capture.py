@@ -1,0 +1,392 @@
+"""Capturing a user's network as an fx graph, with real shapes answering its Python control flow.
+
+`torch.fx.symbolic_trace` fails on the SNN code people write: ``if x.ndim == 4:``,
+``T, N = x.shape[:2]`` followed by ``range(T)``, ``len(x.shape)``, SpikingJelly's
+containers (``SeqToANNContainer`` flattens ``[T, N]`` by runtime shape). `capture`
+traces with a `ConcreteTracer` instead: every proxy also carries the value the
+example input gives it, computed as the graph is recorded, so wherever Python needs
+a real value (``bool``, ``len``, ``range``, ``int``, iteration) it gets it from the
+example, while tensors and the shape arithmetic that feeds tensor ops stay symbolic.
+This is the same idea as PyTorch's meta tracer, with real values (neuron state has
+to evolve step by step for a time loop to unroll faithfully).
+
+What the example decides is fixed in the graph; `capture` reports where that
+happened (``CaptureResult.forced``), and `check_generality` proves by a second
+capture with a longer sequence and a larger batch whether the graph still depends on
+``T`` or ``N``.
+
+Leaves (recorded as one ``call_module`` node each): spiking neurons and other stateful
+SpikingJelly modules, `Amplitude`, ``torch.nn`` layers and SpikingJelly's ``layer.*``
+wrappers. SpikingJelly's containers and plain ``nn.Sequential``/user modules are traced
+through, so the synapses inside them are visible to the fold. A submodule whose
+``forward`` cannot be traced even with real values (a custom autograd Function, C++
+code) becomes an opaque leaf, listed in ``CaptureResult.opaque`` with the reason.
+Reading a neuron's state (``self.sn.v``) in ``forward`` would freeze it into a
+constant; it is recorded in ``CaptureResult.state_reads`` instead, and the passes
+that need a faithful graph refuse it naming the module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.fx._symbolic_trace as _fx_trace
+from spikingjelly.activation_based import base, functional, layer
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
+
+from .errors import UnsupportedPatternError
+
+__all__ = ["CONCRETE", "OPAQUE_KEY", "CaptureResult", "ConcreteTracer", "capture", "check_generality"]
+
+# Containers whose forward only reshapes [T, N] around the layers they hold: traced through.
+_CONTAINERS = tuple(c for c in (
+    getattr(layer, "SeqToANNContainer", None), getattr(layer, "MultiStepContainer", None),
+    getattr(layer, "StepModeContainer", None), getattr(layer, "TLastSeqToANNContainer", None),
+    getattr(layer, "TLastMultiStepContainer", None)) if c is not None)
+
+CONCRETE = "concrete"  # node.meta key: the value the example input gave this node
+OPAQUE_KEY = "sj_realspike_opaque"  # gm.meta key: {module path: why it was kept whole}
+
+
+@dataclass
+class CaptureResult:
+    """A captured graph and what the example input decided in it.
+
+    Attributes:
+        gm: the graph module; every tensor-valued node has ``meta['tensor_meta']``.
+        forced: ``(node name, value)`` for each place Python needed a real value
+            (a branch, a loop bound, a length): the graph holds the example's answer.
+        opaque: ``(module path, reason)`` for submodules kept whole because their
+            forward could not be traced.
+        state_reads: ``(module path, attribute)`` for neuron/memory state read in
+            ``forward``; the graph holds the example's value as a constant there.
+        calls: how many times each leaf module was called (a time loop calls a
+            single-step neuron ``T`` times).
+        samples: the first input of the first call of each module ``record`` selected.
+    """
+
+    gm: fx.GraphModule
+    forced: list[tuple[str, Any]] = field(default_factory=list)
+    opaque: list[tuple[str, str]] = field(default_factory=list)
+    state_reads: list[tuple[str, str]] = field(default_factory=list)
+    calls: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _concrete(a: Any) -> Any:
+    return fx.node.map_aggregate(a, lambda v: v.concrete if isinstance(v, ConcreteProxy) else v)
+
+
+class ConcreteProxy(fx.Proxy):
+    """An fx proxy that also knows its value on the example input."""
+
+    @property
+    def concrete(self) -> Any:
+        return self.node.meta[CONCRETE]
+
+    def __getattr__(self, k: str) -> ConcreteAttribute:
+        return ConcreteAttribute(self, k)
+
+    def _force(self, value: Any) -> Any:
+        self.tracer.forced.append((self.node.name, value))
+        return value
+
+    def __len__(self) -> int:
+        return self._force(len(self.concrete))
+
+    def __index__(self) -> int:
+        return self._force(operator.index(self.concrete))
+
+    def __int__(self) -> int:
+        return self._force(int(self.concrete))
+
+    def __float__(self) -> float:
+        return self._force(float(self.concrete))
+
+
+class ConcreteAttribute(fx.proxy.Attribute, ConcreteProxy):
+    """``proxy.attr``: a method to call, or (lazily) a ``getattr`` node with its value."""
+
+
+class ConcreteTracer(fx.Tracer):
+    """An fx tracer whose proxies carry real values from one run of the example input.
+
+    Args:
+        inputs: the example value of each ``forward`` argument, by parameter name.
+        leaf: extra leaf predicate (``module -> bool``), on top of the defaults above.
+        after: ``{module path: path of a module called on its output}``: every call of the
+            first is followed by a call of the second, whose result the model sees
+            (how amplitudes are spliced in after each call of their neuron).
+        record: modules whose first input to keep in ``samples``.
+    """
+
+    def __init__(self, inputs: dict[str, Any], leaf: Callable[[nn.Module], bool] | None = None,
+                 after: dict[str, str] | None = None, record: Callable[[nn.Module], bool] | None = None) -> None:
+        super().__init__(param_shapes_constant=True)
+        self.inputs = inputs
+        self.extra_leaf = leaf
+        self.after = after or {}
+        self.record = record
+        self.samples: dict[str, torch.Tensor] = {}
+        self.forced: list[tuple[str, Any]] = []
+        self.opaque: list[tuple[str, str]] = []
+        self.state_reads: list[tuple[str, str]] = []
+        self.calls: dict[str, int] = {}
+        self._opaque_paths: set[str] = set()
+
+    # ---------------------------------------------------------------- proxies
+    def proxy(self, node: fx.Node) -> ConcreteProxy:
+        return ConcreteProxy(node, self)
+
+    def create_proxy(self, kind: str, target: Any, args: tuple, kwargs: dict, name: str | None = None,
+                     type_expr: Any = None, proxy_factory_fn: Any = None) -> ConcreteProxy:
+        p = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        if kind == "output":
+            return p
+        value = self._evaluate(p.node, kind, target, args, kwargs)
+        p.node.meta[CONCRETE] = value
+        if isinstance(value, torch.Tensor):
+            p.node.meta["tensor_meta"] = _extract_tensor_metadata(value)
+        elif isinstance(value, (tuple, list)) and value and all(isinstance(v, torch.Tensor) for v in value):
+            p.node.meta["tensor_meta"] = tuple(_extract_tensor_metadata(v) for v in value)
+        return p
+
+    def _evaluate(self, node: fx.Node, kind: str, target: Any, args: tuple, kwargs: dict) -> Any:
+        if kind == "placeholder":
+            if target not in self.inputs:
+                raise UnsupportedPatternError(
+                    target, "forward() has an argument the example input does not give",
+                    "Pass a value for every argument of forward() (a dict of example inputs)")
+            return self.inputs[target]
+        if kind == "get_attr":
+            obj: Any = self.root
+            for part in target.split("."):
+                obj = getattr(obj, part)
+            return obj
+        cargs, ckwargs = _concrete(args), _concrete(kwargs)
+        try:
+            if kind == "call_function":
+                return target(*cargs, **ckwargs)
+            if kind == "call_method":
+                return getattr(cargs[0], target)(*cargs[1:], **ckwargs)
+            if kind == "call_module":
+                self.calls[target] = self.calls.get(target, 0) + 1
+                module = self.root.get_submodule(target)
+                if self.record is not None and target not in self.samples and self.record(module) and cargs \
+                        and isinstance(cargs[0], torch.Tensor):
+                    self.samples[target] = cargs[0]
+                with _unpatched_modules():
+                        return module(*cargs, **ckwargs)
+        except UnsupportedPatternError:
+            raise
+        except Exception as e:
+            raise UnsupportedPatternError(
+                node.name, f"running the example input through the model failed here "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'})",
+                "Pass an example input shaped like a training batch (see input_layout)") from e
+        raise AssertionError(f"unknown node kind {kind}")
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        return obj._force(bool(obj.concrete))
+
+    def iter(self, obj: fx.Proxy) -> Iterator[fx.Proxy]:
+        n = obj._force(len(obj.concrete))
+        return iter([obj[i] for i in range(n)])
+
+    def keys(self, obj: fx.Proxy) -> Any:
+        return obj._force(obj.concrete.keys())
+
+    # ----------------------------------------------------------------- leaves
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self._opaque_paths:
+            return True
+        if isinstance(m, _CONTAINERS):
+            return False
+        if self.extra_leaf is not None and self.extra_leaf(m):
+            return True
+        # SpikingJelly's step modules: neurons, stateful modules, layer.* wrappers, Amplitude.
+        if isinstance(m, base.StepModule) or isinstance(m, base.MemoryModule):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        path = self.path_of_module(m)
+        if self.is_leaf_module(m, path):
+            out = super().call_module(m, forward, args, kwargs)
+            if path in self.after:
+                out = self.create_proxy("call_module", self.after[path], (out,), {})
+            return out
+        mark = list(self.graph.nodes)[-1] if len(self.graph.nodes) else None
+        state = _snapshot(m)
+        calls = dict(self.calls)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except UnsupportedPatternError:
+            raise
+        except Exception as e:  # an untraceable forward: keep the module whole
+            _erase_after(self.graph, mark)
+            _restore(state)
+            self.calls = calls
+            for key in [k for k in self.module_stack if self.module_stack[k][0].startswith(path)][::-1]:
+                self.module_stack.pop(key)
+            self._opaque_paths.add(path)
+            self.opaque.append((path, f"its forward cannot be traced ({type(e).__name__}: "
+                                      f"{str(e).splitlines()[0] if str(e) else 'no message'})"))
+            return super().call_module(m, forward, args, kwargs)
+
+    # ------------------------------------------------------------- constants
+    def create_arg(self, a: Any) -> Any:
+        if isinstance(a, torch.Tensor) and not isinstance(a, nn.Parameter):
+            owner = self._state_owner(a)
+            if owner is not None:
+                self.state_reads.append(owner)
+        return super().create_arg(a)
+
+    def _state_owner(self, t: torch.Tensor) -> tuple[str, str] | None:
+        for path, m in self.root.named_modules():
+            for key, value in getattr(m, "_memories", {}).items():
+                if value is t:
+                    return path, key
+            for key in ("v_seq", "spike_seq", "h_seq"):
+                if getattr(m, key, None) is t:
+                    return path, key
+        return None
+
+
+@contextlib.contextmanager
+def _unpatched_modules() -> Iterator[None]:
+    """Plain ``nn.Module`` calls while tracing: fx patches ``__call__``/``__getattr__`` to record them."""
+    patched_call, patched_getattr = nn.Module.__call__, nn.Module.__getattr__
+    nn.Module.__call__, nn.Module.__getattr__ = _fx_trace._orig_module_call, _fx_trace._orig_module_getattr
+    try:
+        yield
+    finally:
+        nn.Module.__call__, nn.Module.__getattr__ = patched_call, patched_getattr
+
+
+def _snapshot(m: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
+    return [(sub, dict(sub._memories)) for sub in m.modules() if isinstance(sub, base.MemoryModule)]
+
+
+def _restore(state: list[tuple[nn.Module, dict[str, Any]]]) -> None:
+    for sub, memories in state:
+        for key, value in memories.items():
+            setattr(sub, key, value)
+
+
+def _erase_after(graph: fx.Graph, mark: fx.Node | None) -> None:
+    nodes = list(graph.nodes)
+    start = 0 if mark is None else nodes.index(mark) + 1
+    for node in reversed(nodes[start:]):
+        graph.erase_node(node)
+
+
+def capture(model: nn.Module, example_input: Any, *, leaf: Callable[[nn.Module], bool] | None = None,
+            after: dict[str, str] | None = None,
+            record: Callable[[nn.Module], bool] | None = None) -> CaptureResult:
+    """Trace ``model`` on ``example_input`` (no copy is made; state and modes are restored).
+
+    Runs in eval mode without gradients (BatchNorm statistics do not move), from reset
+    neuron state, and leaves every neuron reset. Dead shape queries and comparisons
+    that only served Python control flow are removed from the graph.
+
+    Args:
+        model: the network.
+        example_input: the value of ``forward``'s first argument, or a dict of values
+            by argument name.
+        leaf: extra leaf predicate (modules to keep whole).
+        after: modules spliced in after every call of a module (see `ConcreteTracer`).
+        record: modules whose first input to keep (``CaptureResult.samples``).
+
+    Returns:
+        A `CaptureResult`.
+
+    Raises:
+        UnsupportedPatternError: the example input does not run through the model (names the node).
+    """
+    import inspect
+
+    params = [p for p in inspect.signature(model.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if isinstance(example_input, dict):
+        inputs = dict(example_input)
+    else:
+        if not params:
+            raise UnsupportedPatternError(type(model).__name__, "forward() takes no positional argument",
+                                          "Capture needs a model whose forward takes the input tensor")
+        inputs = {params[0].name: example_input}
+    concrete_args = {p.name: p.default for p in params if p.name not in inputs
+                     and p.default is not inspect.Parameter.empty}
+    tracer = ConcreteTracer(inputs, leaf, after, record)
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    functional.reset_net(model)
+    try:
+        with torch.no_grad():
+            graph = tracer.trace(model, concrete_args=concrete_args or None)
+    except UnsupportedPatternError:
+        raise
+    except Exception as e:
+        raise UnsupportedPatternError(
+            type(model).__name__,
+            f"the model could not be captured ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+            "Report this network: its forward uses a construct even real-valued tracing cannot follow") from e
+    finally:
+        for m, training in modes.items():
+            m.training = training
+        functional.reset_net(model)
+    _drop_dead_queries(graph)
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    for node in gm.graph.nodes:
+        node.meta.pop(CONCRETE, None)
+    gm.meta[OPAQUE_KEY] = dict(tracer.opaque)
+    return CaptureResult(gm, tracer.forced, tracer.opaque, tracer.state_reads, tracer.calls, tracer.samples)
+
+
+def _drop_dead_queries(graph: fx.Graph) -> None:
+    """Remove unused nodes that compute no tensor (shape reads, comparisons for Python branches)."""
+    for node in reversed(list(graph.nodes)):
+        if node.op in ("call_function", "call_method") and not node.users \
+                and not isinstance(node.meta.get(CONCRETE), torch.Tensor):
+            graph.erase_node(node)
+
+
+def check_generality(model: nn.Module, example_input: torch.Tensor, batch_dims: tuple[int, ...],
+                     result: CaptureResult, after: dict[str, str] | None = None) -> dict[int, int]:
+    """The input dims the captured graph is specialized to: ``{dim: size}`` (empty: general).
+
+    Captures again with each of ``batch_dims`` (e.g. T and N) one larger and compares
+    the graphs node by node; a graph that changed (a loop unrolled once more, a branch
+    taken differently, a baked size) depends on that dim's size.
+    """
+    fixed: dict[int, int] = {}
+    reference = _signature(result.gm.graph)
+    for dim in batch_dims:
+        if dim >= example_input.dim():
+            continue
+        shape = list(example_input.shape)
+        shape[dim] += 1
+        grown = torch.cat([example_input, example_input.narrow(dim, 0, 1)], dim=dim)
+        assert list(grown.shape) == shape
+        try:
+            other = capture(model, grown, after=after)
+        except UnsupportedPatternError:
+            fixed[dim] = example_input.shape[dim]
+            continue
+        if _signature(other.gm.graph) != reference:
+            fixed[dim] = example_input.shape[dim]
+    return fixed
+
+
+def _signature(graph: fx.Graph) -> list[tuple[str, str, str]]:
+    def arg(a: Any) -> str:
+        return fx.node.map_arg(a, lambda n: n.name).__repr__()
+
+    return [(n.op, str(n.target), arg((n.args, n.kwargs))) for n in graph.nodes]
