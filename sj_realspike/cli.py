@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import remove_pending
+from .atomic import remove_pending, resolve_destination
 from .console import OneLineParser, error_line, log_to_stderr, positive_int
 from .errors import RealSpikeError
 
@@ -88,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name],
+        # argparse %-formats help strings (not descriptions): a literal % must be doubled there.
+        return sub.add_parser(name, help=help_text.replace("%", "%%"), description=help_text, epilog=EXAMPLES[name],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
     c = command("convert", "Build a SpikingJelly model from its factory and give it learnable spike amplitudes.")
@@ -192,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                 return demo.main(rest)
             if rest:
                 raise CliError(f"unrecognized arguments: {' '.join(rest)} (see sj-realspike {args.command} --help)")
+            if getattr(args, "output", None):
+                resolve_destination(args.output)  # refuse a directory/FIFO/device before the work, not after
             return globals()[f"_cmd_{args.command}"](args) or 0
     except KeyboardInterrupt:
         error_line("interrupted (SIGINT)")
@@ -419,10 +422,10 @@ def _load_array(path: str) -> np.ndarray:
 
 
 def _describe_bundle(path: Path, trust: list[str]) -> str:
-    from .amplitude import Amplitude
     from .bundle import load_bundle, read_manifest
     from .neurons import is_neuron, is_ternary
     from .report import format_table
+    from .spiking import amplitude_of, base_class
 
     manifest, _ = read_manifest(path)
     model = load_bundle(path, trust=trust)
@@ -430,18 +433,17 @@ def _describe_bundle(path: Path, trust: list[str]) -> str:
             f"kwargs {json.dumps(manifest.get('kwargs', {}))}, step mode {manifest.get('step_mode')}, "
             f"example shape {tuple(manifest['example_shape'])}",
             f"versions {json.dumps(manifest.get('versions', {}))}"]
-    modules = dict(model.named_modules())
     rows: list[list[Any]] = []
-    for node in model.graph.nodes:
-        if node.op != "call_module" or not is_neuron(modules[node.target]):
+    for name, m in model.named_modules():
+        if not is_neuron(m):
             continue
-        amp = next((u for u in node.users if u.op == "call_module" and isinstance(modules[u.target], Amplitude)), None)
-        kind = "ternary" if is_ternary(modules[node.target]) else "binary"
+        kind = "ternary" if is_ternary(m) else "binary"
+        amp = amplitude_of(m)
         if amp is None:
-            rows.append([node.target, type(modules[node.target]).__name__, kind, "-", "-", "-", "-"])
+            rows.append([name, base_class(m).__name__, kind, "-", "-", "-", "-"])
             continue
-        a = modules[amp.target].a.detach()
-        rows.append([node.target, type(modules[node.target]).__name__, kind, modules[amp.target].granularity,
+        a = amp.a.detach()
+        rows.append([name, base_class(m).__name__, kind, amp.granularity,
                      "x".join(map(str, a.shape)) or "scalar", f"{a.min():.3g} / {a.mean():.3g} / {a.max():.3g}",
                      f"{(a < 0).float().mean():.0%}"])
     params = sum(p.numel() for p in model.parameters())

@@ -25,19 +25,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional, layer, neuron, surrogate
 from tqdm.auto import tqdm
 
-from .amplitude import Amplitude, amplitude_parameters
+from .amplitude import amplitude_parameters
 from .console import OneLineParser, error_line, log_to_stderr, positive_int
 from .convert import convert_model
 from .energy import energy_report, format_joules
 from .fold import NotConvertedWarning, fold
 from .neurons import is_neuron
 from .report import fold_report, format_table
+from .spiking import amplitude_of
 
 __all__ = [
     "VARIANTS",
@@ -215,12 +215,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, T: int) -> tuple[torch.Tens
 
 def _amplitudes(model: nn.Module) -> dict[str, np.ndarray]:
     """Learned amplitude values per neuron (keyed by the neuron they scale); empty for vanilla."""
-    if not isinstance(model, fx.GraphModule):
-        return {}
-    modules = dict(model.named_modules())
-    return {node.args[0].target: modules[node.target].a.detach().flatten().numpy().copy()
-            for node in model.graph.nodes
-            if node.op == "call_module" and isinstance(modules[node.target], Amplitude)}
+    return {name: amplitude_of(m).a.detach().flatten().numpy().copy()
+            for name, m in model.named_modules() if amplitude_of(m) is not None}
 
 
 @dataclass
@@ -392,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         argv: command-line arguments without the program name (default ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0, or 2 when scikit-learn or matplotlib is missing.
+        The exit status: 0, or 2 on a bad argument or when scikit-learn or matplotlib is missing.
     """
     parser = OneLineParser(
         prog="sj-realspike demo",
@@ -409,7 +405,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="initial weights and batch order (the train/test split is fixed)")
     parser.add_argument("--out", type=Path, default=Path("demo_out"),
                         help="directory for the ONNX files and the PNG (default ./demo_out)")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a one-line argument error (2): a status, as documented
+        return e.code if isinstance(e.code, int) else 2
     try:
         import matplotlib  # noqa: F401
         import sklearn  # noqa: F401

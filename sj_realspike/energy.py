@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional
@@ -33,7 +32,7 @@ from spikingjelly.activation_based import functional
 from .amplitude import Amplitude, amplitude_parameters
 from .atomic import atomic_write
 from .neurons import is_neuron
-from .report import META_KEY, format_table
+from .report import format_table, record_of
 from .synapses import DiagonalSynapse, UnsharedConv2d
 
 __all__ = ["E_AC_PJ", "E_MAC_PJ", "EnergyReport", "LayerEnergy", "ModelEnergy", "count_synaptic_ops",
@@ -292,7 +291,7 @@ def _count(model: nn.Module, x: torch.Tensor, label: str, samples: int, costs: d
             m.training = training
         functional.reset_net(model)
     # fold names the copies of layer `l` it makes `l__<input>`; they count as `l`
-    deploy = isinstance(model, fx.GraphModule) and model.meta.get(META_KEY, {}).get("stage") == "deploy"
+    deploy = record_of(model).get("stage") == "deploy"
     return ModelEnergy(label, [
         LayerEnergy(name, name.split("__")[0] if deploy else name, kind, inputs, nonzero, ops, op, ops * costs[op])
         for name, (kind, inputs, nonzero, ops, op) in layers.items()], samples)
