@@ -48,6 +48,7 @@ _EXPORTS = {
     "DiagonalSynapse": "synapses",
     "UnsharedConv2d": "synapses",
     "VerifyReport": "verify",
+    "exciting_input": "verify",
     "verify": "verify",
 }
 
@@ -100,4 +101,4 @@ if TYPE_CHECKING:  # what static checkers and IDEs see: the eager imports
     from .report import ConversionReport, FoldReport, conversion_report, fold_report
     from .runtime import OnnxRunner
     from .synapses import DiagonalSynapse, UnsharedConv2d
-    from .verify import VerifyReport, verify
+    from .verify import VerifyReport, exciting_input, verify

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -17,14 +18,13 @@ from spikingjelly.activation_based import functional
 from .atomic import atomic_write
 from .errors import RealSpikeError
 from .fold import NotConvertedWarning, fold
-from .lowered import LoweredNeuron, LoweredTernaryNeuron
 from .lowering import lower_for_export, step_mode_of
 from .neurons import is_neuron, is_ternary
-from .report import META_KEY
+from .report import record_of
 from .state import copy_model
-from .tracing import propagate_shapes, trace
 
-__all__ = ["METADATA_PREFIX", "ExportError", "as_deploy_model", "export_onnx"]
+__all__ = ["METADATA_PREFIX", "ExportError", "as_deploy_model", "export_onnx", "input_layout", "model_fingerprint",
+           "spike_kinds"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,28 +36,73 @@ class ExportError(RealSpikeError, RuntimeError):
     """The exporter or the ONNX checker rejected the lowered deploy model (no file was written)."""
 
 
-def as_deploy_model(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
-    """``model`` if it is a deploy model from `fold`, else ``fold`` of a copy (logged).
+def as_deploy_model(model: nn.Module, example_input: torch.Tensor, *, announce: bool = True) -> fx.GraphModule:
+    """``model`` if it is a float32 deploy model from `fold`, else a float32 deploy copy.
 
     A converted model (with amplitudes) or a plain SpikingJelly network is folded first:
     fold is exact, and it refuses anything it cannot fold exactly. ``example_input`` (one
     forward call's input: ``[T, N, …]`` multi-step, ``[N, …]`` single-step) records the
     shapes a plain network lacks, so that fold can absorb its constant factors on spikes.
+    A model with float16/bfloat16/float64 weights is copied to float32 first (the ONNX
+    graph computes in float32). Each of these steps is logged (``announce=False``: silent);
+    ``model`` itself is never changed.
     """
-    meta = model.meta.get(META_KEY, {}) if isinstance(model, fx.GraphModule) else {}
-    if meta.get("stage") == "deploy":
+    meta = record_of(model)
+    deploy = meta.get("stage") == "deploy"
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in (*model.parameters(), *model.buffers())
+                     if t.is_floating_point() and t.dtype != torch.float32})
+    if deploy and not dtypes:
         return model
-    what = "a converted model (it holds spike amplitudes)" if meta.get("stage") == "converted" \
-        else "not a deploy model from sj_realspike.fold"
-    logger.warning("%s is %s: folding a copy first (sj_realspike.fold)", type(model).__name__, what)
     gm = copy_model(model)
-    if not isinstance(gm, fx.GraphModule):
-        gm = trace(gm)
-    if any("tensor_meta" not in n.meta for n in gm.graph.nodes if n.op == "call_module"):
-        propagate_shapes(gm, example_input)
+    if dtypes:
+        if announce:
+            logger.warning("%s holds %s weights: exporting a float32 copy (the ONNX graph computes in float32)",
+                           type(model).__name__, "/".join(dtypes))
+        gm = gm.float()
+    if deploy:
+        return gm
+    if announce:
+        what = "a converted model (it holds spike amplitudes)" if meta.get("stage") == "converted" \
+            else "not a deploy model from sj_realspike.fold"
+        logger.warning("%s is %s: folding a copy first (sj_realspike.fold)", type(model).__name__, what)
     with warnings.catch_warnings():  # folding a plain network is this function's job, announced above
         warnings.simplefilter("ignore", NotConvertedWarning)
-        return fold(gm, inplace=True)
+        # A converted model is captured on its recorded example; a plain network on this one.
+        return fold(gm, inplace=True, example_input=None if "example_shape" in meta else example_input)
+
+
+def spike_kinds(model: nn.Module) -> str:
+    """``"binary"``, ``"ternary"`` or ``"binary+ternary"``: the spikes the neurons of ``model`` emit."""
+    return "+".join(sorted({"ternary" if is_ternary(m) else "binary" for m in model.modules() if is_neuron(m)}))
+
+
+def input_layout(x: torch.Tensor) -> str:
+    """The layout name recorded for an input sequence, e.g. ``"T,N,C,H,W"``."""
+    return _LAYOUTS.get(x.dim(), "T,N,...")
+
+
+def model_fingerprint(deploy_model: nn.Module, time_steps: int, layout: str) -> str:
+    """A sha256 of what a deploy model computes, recorded by `export_onnx` and checked by `verify`.
+
+    Hashed: the spike kind, ``T`` and input layout; every ``state_dict`` tensor, sorted by
+    key, as its key, shape and float32 bytes (other dtypes as their own bytes); each
+    neuron's path, class and hyper-parameters (threshold, reset, ``τ``, ``decay_input``),
+    which are not in the ``state_dict``. Take it on the deploy model, not the lowered one
+    (lowering renames and reshapes weights). `fold` is deterministic, so folding the same
+    converted model again gives the same fingerprint.
+    """
+    h = hashlib.sha256(f"sj_realspike.fingerprint/1|{spike_kinds(deploy_model)}|{time_steps}|{layout}".encode())
+    for key, t in sorted(deploy_model.state_dict().items()):
+        t = t.detach().cpu()
+        if t.is_floating_point():
+            t = t.to(torch.float32)
+        h.update(f"|{key}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.contiguous().numpy().tobytes())
+    for name, m in deploy_model.named_modules():
+        if is_neuron(m):
+            params = [getattr(m, k, None) for k in ("v_threshold", "v_reset", "tau", "decay_input")]
+            h.update(f"|{name}|{type(m).__qualname__}|{params}".encode())
+    return h.hexdigest()
 
 
 def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_input: torch.Tensor, *,
@@ -72,11 +117,14 @@ def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_i
     shape inference and use the default ONNX domain only; it is then written
     atomically (an existing file survives any failure). ``metadata_props`` record
     ``sj_realspike.spike`` (binary/ternary/binary+ternary), ``.time_steps``,
-    ``.input_layout``, ``.step_mode`` and ``.version``.
+    ``.input_layout``, ``.step_mode``, ``.version`` and ``.fingerprint`` (the deploy
+    model's `model_fingerprint`, which `verify` recomputes to tell a file exported from
+    another model).
 
     A model that is not a deploy model (a converted model with amplitudes, or a plain
     SpikingJelly network) is folded first, with a log line saying so: folding is exact
-    and raises on anything it cannot fold, so the export stays pure.
+    and raises on anything it cannot fold, so the export stays pure. A float16/bfloat16
+    (or float64) model is exported as a float32 copy, also with a log line.
 
     Single-step (``'s'``) models are exported to the same sequence interface: the graph
     runs all ``T`` steps of the step function and stacks the per-step outputs into
@@ -101,18 +149,19 @@ def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_i
     mode = step_mode_of(deploy_model)
     x = _check_example(deploy_model, example_input, mode)
     model = as_deploy_model(deploy_model, x if mode == "m" else x[0])
+    layout = input_layout(x)
+    fingerprint = model_fingerprint(model, x.shape[0], layout)  # before lowering, which renames weights
     lowered = lower_for_export(model, x)
     proto = _export(lowered, x, opset, dynamic_batch)
-    kinds = sorted({"ternary" if isinstance(m, LoweredTernaryNeuron) or is_ternary(m) else "binary"
-                    for m in lowered.modules() if isinstance(m, LoweredNeuron) or is_neuron(m)})
     from . import __version__  # at call time: the package sets it after importing this module
 
     metadata = {
-        "spike": "+".join(kinds),
+        "spike": spike_kinds(model),
         "time_steps": str(x.shape[0]),
-        "input_layout": _LAYOUTS.get(x.dim(), "T,N,..."),
+        "input_layout": layout,
         "step_mode": mode,
         "version": __version__,
+        "fingerprint": fingerprint,
     }
     for key, value in metadata.items():
         proto.metadata_props.add(key=METADATA_PREFIX + key, value=value)
@@ -128,8 +177,7 @@ def _check_example(model: nn.Module, example_input: torch.Tensor, mode: str) -> 
             f"example_input must be a float tensor [T, N, features...] (the whole time sequence), "
             f"got {example_input.dtype} of shape {tuple(example_input.shape)}")
     x = example_input.detach().to(torch.float32)
-    meta = model.meta.get(META_KEY, {}) if isinstance(model, fx.GraphModule) else {}
-    recorded = meta.get("example_shape")  # the conversion example: [T, N, ...] ('m') or [N, ...] ('s')
+    recorded = record_of(model).get("example_shape")  # the conversion example: [T, N, ...] ('m') or [N, ...] ('s')
     if recorded is not None:
         features = tuple(recorded)[2:] if mode == "m" else tuple(recorded)[1:]
         if tuple(x.shape[2:]) != features:

@@ -1,28 +1,32 @@
-"""`verify`: trained model, deploy model and ONNX compared; spike purity of the ONNX graph."""
+"""`verify`: trained model, deploy model and ONNX compared; spike purity of the ONNX graph; a verdict."""
 
 from __future__ import annotations
 
 import copy
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 import torch
-import torch.fx as fx
 import torch.nn as nn
 from spikingjelly.activation_based import functional
 
-from .fold import fold
+from .export import METADATA_PREFIX, as_deploy_model, input_layout, model_fingerprint, spike_kinds
 from .lowering import step_mode_of
 from .neurons import is_neuron
 from .purity import SpikeTensor, Violation, spike_tensors, static_violations
-from .report import META_KEY, format_table
+from .report import format_table, record_of
 from .runtime import OnnxRunner
 
-__all__ = ["Comparison", "NeuronCheck", "VerifyReport", "verify"]
+__all__ = ["DEFAULT_RTOL", "Comparison", "NeuronCheck", "VerifyReport", "exciting_input", "verify"]
 
+DEFAULT_RTOL = 1e-5
 _ALLOWED = {"binary": {0.0, 1.0}, "ternary": {-1.0, 0.0, 1.0}}
+_SCALES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+_SHOWN = 4  # neuron names listed in a one-line reason
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class Comparison:
     ``max_rel`` is ``max|a − b| / max|b|`` (relative to the reference's scale, so it
     stays meaningful where outputs cross zero). ``top1_agreement`` compares the
     argmax over the last dim of the time-averaged output (``None`` if not a logit tensor).
+    NaN never counts as agreement: a NaN on either side makes the error NaN and that
+    sample's top-1 a disagreement. Outputs of different shapes have infinite errors.
     """
 
     reference: str
@@ -40,6 +46,7 @@ class Comparison:
     max_rel: float
     top1_agreement: float | None
     identical: bool  # bit for bit
+    shapes: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # reference's, candidate's
 
 
 @dataclass(frozen=True)
@@ -56,13 +63,26 @@ class NeuronCheck:
 
 @dataclass
 class VerifyReport:
-    """What `verify` measured; ``str(report)`` is a readable table."""
+    """What `verify` measured, and its verdict: ``report.ok``, ``report.failures``.
+
+    ``str(report)`` starts with the verdict line (``PASS: …`` or ``FAIL: <first reason>``),
+    followed by readable tables.
+    """
 
     onnx_path: str
     input_shape: tuple[int, ...]
+    rtol: float = DEFAULT_RTOL
+    input_note: str = "given"  # where the input came from (the scale of a default random input)
     comparisons: list[Comparison] = field(default_factory=list)
     neurons: list[NeuronCheck] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
+    nonfinite: dict[str, int] = field(default_factory=dict)  # NaN/Inf count: "input", "trained", "deploy", "onnx"
+    nonfinite_weights: dict[str, int] = field(default_factory=dict)  # deploy state_dict key → NaN/Inf count
+    nonfinite_initializers: dict[str, int] = field(default_factory=dict)  # ONNX initializer → NaN/Inf count
+    firing: dict[str, float] = field(default_factory=dict)  # deploy model neuron → fraction of nonzero spikes
+    provenance: list[str] = field(default_factory=list)  # why the ONNX file is not this model's export
+    fingerprint: str = ""  # the deploy model's `model_fingerprint`
+    file_fingerprint: str | None = None  # the one the ONNX file records
 
     def comparison(self, reference: str, candidate: str) -> Comparison:
         """The comparison of ``candidate`` against ``reference`` (``"trained"``, ``"deploy"``, ``"onnx"``)."""
@@ -95,19 +115,98 @@ class VerifyReport:
         """onnxruntime reproduced the PyTorch deploy model's output bit for bit."""
         return self.comparison("deploy", "onnx").identical
 
+    @property
+    def silent_neurons(self) -> list[str]:
+        """Neurons of the deploy model that emitted no spike on the input."""
+        return [name for name, rate in self.firing.items() if rate == 0.0]
+
+    @property
+    def failures(self) -> list[str]:
+        """Why the verdict is FAIL, one line each, most important first (empty: PASS).
+
+        In order: the ONNX file is not this model's export (spike kind, ``T``, layout,
+        fingerprint); NaN/Inf in the weights, the ONNX initializers, the input, an output; no neuron fired; an output
+        outside ``rtol`` of the trained model's or a top-1 disagreement; non-spike values
+        or unfolded amplitudes in the ONNX graph; neurons that never fired.
+        """
+        out = list(self.provenance)
+        for what, bad in (("the deploy model's weights", self.nonfinite_weights),
+                          ("the ONNX file's initializers", self.nonfinite_initializers)):
+            if bad:
+                out.append(f"{what} hold NaN/Inf: " + ", ".join(f"{k} ({n})" for k, n in list(bad.items())[:_SHOWN])
+                           + (", …" if len(bad) > _SHOWN else ""))
+        if self.nonfinite.get("input"):
+            out.append(f"the input holds {self.nonfinite['input']} NaN/Inf values: outputs compared on it prove "
+                       "nothing (NaN never fires a neuron); pass finite data")
+        for name in ("trained", "deploy", "onnx"):
+            if self.nonfinite.get(name):
+                out.append(f"the {name} output holds {self.nonfinite[name]} NaN/Inf values "
+                           "(NaN/Inf weights, or an overflow)")
+        if self.firing and not any(self.firing.values()):
+            out.append(f"no spikes observed: none of the {len(self.firing)} neurons fired on this input "
+                       f"({self.input_note}), so the comparison is vacuous; pass --input with real data "
+                       "(API: verify(model, path, x))")
+        order = {("trained", "onnx"): 0, ("trained", "deploy"): 1, ("deploy", "onnx"): 2}
+        for c in sorted(self.comparisons, key=lambda c: order.get((c.reference, c.candidate), 3)):
+            if c.shapes[0] != c.shapes[1]:
+                out.append(f"{c.candidate} output has shape {list(c.shapes[1])}, {c.reference} output "
+                           f"{list(c.shapes[0])}")
+                continue
+            problems = []
+            if not c.max_rel <= self.rtol:  # NaN fails too
+                problems.append(f"max rel err {c.max_rel:.3g} > rtol {self.rtol:g} (max abs err {c.max_abs:.3g})")
+            if c.top1_agreement is not None and c.top1_agreement < 1.0:
+                problems.append(f"top-1 agrees on {c.top1_agreement:.2%} of samples, not 100%")
+            if problems and c.top1_agreement == 1.0 and c.max_rel < 0.5:
+                problems.append("top-1 still agrees on every sample: on weights that are not exact in fp32, "
+                                "rounding flips spikes near the threshold; pass a larger rtol (--rtol) if "
+                                "that is acceptable")
+            if problems:
+                out.append(f"{c.candidate} output differs from the {c.reference} model's: {'; '.join(problems)}")
+        if not self.neurons:
+            out.append("no neurons found in the ONNX graph (no node records a neuron module scope)")
+        impure = [n for n in self.neurons if not n.pure]
+        if impure:
+            out.append(f"{len(impure)} of {len(self.neurons)} neurons emit non-spike values in the ONNX graph: "
+                       + ", ".join(f"{n.neuron} ({', '.join(f'{v:g}' for v in n.values[:4])})"
+                                   for n in impure[:_SHOWN]) + (", …" if len(impure) > _SHOWN else ""))
+        if self.violations:
+            out.append(f"{len(self.violations)} op(s) scale spikes before a synapse (amplitudes not folded); "
+                       f"first: {self.violations[0]}")
+        silent = self.silent_neurons
+        if silent and len(silent) < len(self.firing):
+            out.append(f"{len(silent)} of {len(self.firing)} neurons never fired on this input ("
+                       + ", ".join(silent[:_SHOWN]) + (", …" if len(silent) > _SHOWN else "")
+                       + "): the synapses after them were not checked; pass --input with real data")
+        return out
+
+    @property
+    def ok(self) -> bool:
+        """The verdict: the ONNX file is this model's export and reproduces it (see `failures`)."""
+        return not self.failures
+
     def __str__(self) -> str:
+        failures = self.failures
+        if failures:
+            parts = [f"FAIL: {failures[0]}"] + [f"  also: {f}" for f in failures[1:]]
+        else:
+            parts = [f"PASS: outputs within rtol {self.rtol:g} of the trained model, top-1 100%, spikes pure, "
+                     f"all {len(self.firing)} neurons fired"]
+        parts.append(f"verify {self.onnx_path} on input {list(self.input_shape)} ({self.input_note})")
         rows = [[f"{c.candidate} vs {c.reference}", f"{c.max_abs:.3g}", f"{c.max_rel:.3g}",
                  "n/a" if c.top1_agreement is None else f"{c.top1_agreement:.2%}",
                  "yes" if c.identical else "no"] for c in self.comparisons]
-        parts = [f"verify {self.onnx_path} on input {list(self.input_shape)}",
-                 format_table(["outputs", "max abs err", "max rel err", "top-1 agree", "bit-identical"], rows)]
+        parts.append(format_table(["outputs", "max abs err", "max rel err", "top-1 agree", "bit-identical"], rows))
         flips = self.spike_flip_rate
         kinds = sorted({n.kind for n in self.neurons})
+        fired = sum(rate > 0 for rate in self.firing.values())
         parts.append(format_table(["spikes", "result"], [
             ["neurons found in the ONNX graph", f"{len(self.neurons)} ({', '.join(kinds) or 'none'})"],
             ["purity (spike values only)", f"{self.purity:.2%}"],
             ["amplitudes left between neuron and synapse", len(self.violations)],
             ["spike flip rate vs PyTorch deploy", "n/a" if flips is None else f"{flips:.4%}"],
+            ["neurons that fired (PyTorch deploy)", f"{fired} of {len(self.firing)}"],
+            ["fingerprint (model / file)", f"{self.fingerprint[:12]} / {(self.file_fingerprint or 'none')[:12]}"],
         ]))
         impure = [n for n in self.neurons if not n.pure or n.flip_rate]
         if impure:
@@ -118,8 +217,42 @@ class VerifyReport:
         return "\n".join(parts)
 
 
-def verify(model: nn.Module, onnx_path: str | os.PathLike[str], x: torch.Tensor | np.ndarray) -> VerifyReport:
-    """Compare the trained model, its deploy model and the ONNX export on ``x``; check spike purity.
+def exciting_input(model: nn.Module, shape: Sequence[int], *, seed: int = 0,
+                   scales: Sequence[float] = _SCALES) -> tuple[torch.Tensor, float]:
+    """A random input ``[T, N, …]`` that makes the neurons of ``model`` fire.
+
+    Uniform noise in ``[0, 1)`` (seeded) times a scale: the first of ``scales`` at which
+    every neuron module emits a spike, else the one at which the most do (the smaller on
+    ties). Untrained networks are often silent on ``[0, 1)`` noise, which would make any
+    comparison vacuous; real data is better still.
+
+    Args:
+        model: the model to excite (any step mode; stepped over ``T`` if single-step).
+        shape: the input sequence shape ``[T, N, …]``.
+        seed: seed of the noise.
+        scales: scales to try, in order.
+
+    Returns:
+        ``(x, scale)``.
+    """
+    base = torch.rand(tuple(shape), generator=torch.Generator().manual_seed(seed))
+    steps = step_mode_of(model) == "s"
+    names = [name for name, m in model.named_modules() if is_neuron(m)]
+    best = (-1, float(scales[0]))
+    for scale in scales:
+        recorded: dict[str, list[torch.Tensor]] = {}
+        _run(model, base * scale, steps, recorded)
+        fired = sum(_fires(recorded.get(name, [])) for name in names)
+        if fired == len(names):
+            return base * scale, float(scale)
+        if fired > best[0]:
+            best = (fired, float(scale))
+    return base * best[1], best[1]
+
+
+def verify(model: nn.Module, onnx_path: str | os.PathLike[str], x: torch.Tensor | np.ndarray | None = None, *,
+           rtol: float = DEFAULT_RTOL, seed: int = 0) -> VerifyReport:
+    """Compare the trained model, its deploy model and the ONNX export on ``x``; check spike purity; judge.
 
     Outputs: max abs/rel error, top-1 agreement and bit identity for deploy vs trained,
     ONNX vs deploy and ONNX vs trained (onnxruntime with its default optimizations).
@@ -130,28 +263,56 @@ def verify(model: nn.Module, onnx_path: str | os.PathLike[str], x: torch.Tensor 
     threshold may flip; on dyadic models there must be none). Statically, no op may
     scale spikes between a neuron and its synapse (`sj_realspike.purity`).
 
+    The verdict (``report.ok``; reasons in ``report.failures``) is PASS only if all hold:
+
+    * the file is this model's export: its recorded spike kind, ``T``, layout and
+      fingerprint (`sj_realspike.export.model_fingerprint` of the deploy model) match;
+    * no NaN/Inf in the deploy model's weights, the ONNX initializers, the input or any
+      output (a NaN membrane never fires, so NaN can hide in a graph with finite outputs);
+    * every output (deploy and ONNX) is within ``rtol`` of the trained model's
+      (``max_rel ≤ rtol``, as `Comparison` defines it), as is ONNX of deploy, and top-1
+      agreement is 100 %; bit identity is reported, not required;
+    * every neuron found in the ONNX graph emits only spike values and no op scales
+      spikes before a synapse;
+    * every neuron module of the deploy model emits at least one spike on ``x``: a
+      silent neuron leaves the synapses after it unchecked (their weights multiply
+      zeros), so an untrained network whose deep layers never fire fails, and says so.
+
     Args:
         model: the trained (converted) model, or a deploy model (then there is no
             "trained" row). Evaluated in eval mode; its mode and state are restored.
         onnx_path: the file from `export_onnx`.
         x: the input sequence ``[T, N, …]`` (single-step models too: stepped over ``T``).
+            ``None``: `exciting_input` of the ONNX input shape (a dynamic batch takes the
+            model's conversion batch size, else 2), seeded by ``seed``.
+        rtol: the largest relative output error accepted (see `Comparison.max_rel`).
+        seed: seed of the default input.
 
     Returns:
-        A `VerifyReport` (a dataclass; ``print`` it for a table).
+        A `VerifyReport` (a dataclass; ``print`` it for the verdict and tables).
 
     Raises:
-        ValueError: ``x`` does not fit the ONNX model (expected vs given shape/dtype).
+        ValueError: ``x`` does not fit the ONNX model or the model (expected vs given
+            shape/dtype), or ``rtol`` is not a finite number ≥ 0.
     """
+    if not (isinstance(rtol, (int, float)) and math.isfinite(rtol) and rtol >= 0):
+        raise ValueError(f"rtol must be a finite number >= 0, got {rtol!r}")
     path = os.fspath(onnx_path)
     proto = onnx.load(path)
     runner = OnnxRunner(path)
+    mode = step_mode_of(model)
+    shape = _default_shape(runner, model, mode) if x is None else tuple(np.shape(x))
+    _check_features(model, shape, mode)
+    example = torch.zeros(shape)
+    deploy = as_deploy_model(model, example if mode == "m" else example[0], announce=False)
+    trained = None if _stage(model) == "deploy" else model
+    steps = mode == "s"
+    scale = None
+    if x is None:
+        x, scale = exciting_input(deploy, shape, seed=seed)
     x = torch.as_tensor(x)
     x_np = x.detach().cpu().numpy()
     runner.check_input(x_np)
-    meta = model.meta.get(META_KEY, {}) if isinstance(model, fx.GraphModule) else {}
-    trained = None if meta.get("stage") == "deploy" else model
-    deploy = model if trained is None else fold(model)
-    steps = step_mode_of(deploy) == "s"
 
     outputs: dict[str, torch.Tensor] = {}
     if trained is not None:
@@ -160,9 +321,23 @@ def verify(model: nn.Module, onnx_path: str | os.PathLike[str], x: torch.Tensor 
     outputs["deploy"] = _run(deploy, x, steps, recorded)
     outputs["onnx"] = torch.as_tensor(np.asarray(runner(x_np)))
 
-    report = VerifyReport(path, tuple(x.shape))
+    report = VerifyReport(path, tuple(x.shape), rtol=float(rtol))
+    report.nonfinite = {"input": _count_nonfinite(x.float())} | {k: _count_nonfinite(v) for k, v in outputs.items()}
+    report.firing = {name: _rate(recorded.get(name, [])) for name, m in deploy.named_modules() if is_neuron(m)}
+    report.nonfinite_weights = {k: n for k, t in deploy.state_dict().items() if (n := _count_nonfinite(t))}
+    report.nonfinite_initializers = {
+        t.name: n for t in proto.graph.initializer
+        if (n := _count_nonfinite_array(onnx.numpy_helper.to_array(t)))}
+    if scale is not None:
+        tried = ", ".join(f"{s:g}" for s in _SCALES)
+        report.input_note = f"default: random uniform in [0, {scale:g}), seed {seed}; scale {scale:g} " + (
+            f"is the first of {tried} at which every neuron fires" if all(report.firing.values())
+            else f"fires the most neurons of {tried}")
     pairs = [("trained", "deploy"), ("deploy", "onnx"), ("trained", "onnx")]
     report.comparisons = [_compare(r, c, outputs[r], outputs[c]) for r, c in pairs if r in outputs]
+    report.fingerprint = model_fingerprint(deploy, shape[0], input_layout(example))
+    report.provenance, report.file_fingerprint = _provenance(proto, deploy, report.fingerprint, shape,
+                                                             input_layout(example))
 
     spikes = spike_tensors(proto)
     report.violations = static_violations(proto, spikes)
@@ -182,6 +357,70 @@ def verify(model: nn.Module, onnx_path: str | os.PathLike[str], x: torch.Tensor 
     return report
 
 
+def _stage(model: nn.Module) -> str | None:
+    return record_of(model).get("stage")
+
+
+def _default_shape(runner: OnnxRunner, model: nn.Module, mode: str) -> tuple[int, ...]:
+    """The ONNX input shape; a dynamic batch takes the model's conversion batch size (else 2)."""
+    example = record_of(model).get("example_shape")
+    batch = int(example[1 if mode == "m" else 0]) if example else 2
+    return tuple(d if isinstance(d, int) and d > 0 else batch for d in runner.input_shape)
+
+
+def _check_features(model: nn.Module, shape: tuple[int, ...], mode: str) -> None:
+    recorded = record_of(model).get("example_shape")
+    if recorded is None:
+        return
+    features = tuple(recorded)[2:] if mode == "m" else tuple(recorded)[1:]
+    if tuple(shape[2:]) != features:
+        raise ValueError(f"the input has shape {list(shape)}, but the model was converted for inputs "
+                         f"{list(recorded)}: the input must be [T, N, {', '.join(map(str, features))}] "
+                         "(is the ONNX file this model's export?)")
+
+
+def _provenance(proto: onnx.ModelProto, deploy: nn.Module, fingerprint: str, shape: tuple[int, ...],
+                layout: str) -> tuple[list[str], str | None]:
+    """Why the ONNX file was not exported from ``deploy`` (empty: it was), and the file's fingerprint."""
+    meta = {p.key: p.value for p in proto.metadata_props}
+    recorded = meta.get(METADATA_PREFIX + "fingerprint")
+    problems = []
+    file_kind, kind = meta.get(METADATA_PREFIX + "spike"), spike_kinds(deploy)
+    if file_kind is not None and file_kind != kind:
+        problems.append(f"ONNX file was exported from a different model: its spikes are {file_kind}, "
+                        f"this model's are {kind}")
+    file_t = meta.get(METADATA_PREFIX + "time_steps")
+    if file_t is not None and file_t != str(shape[0]):
+        problems.append(f"ONNX file records T={file_t}, but its graph takes T={shape[0]}")
+    file_layout = meta.get(METADATA_PREFIX + "input_layout")
+    if file_layout is not None and file_layout != layout:
+        problems.append(f"ONNX file records input layout {file_layout}, the input is {layout}")
+    if recorded is None:
+        problems.append("ONNX file records no sj_realspike.fingerprint (exported by another tool or an older "
+                        "sj-realspike), so nothing ties it to this model: re-export it with export_onnx")
+    elif recorded != fingerprint and not problems:
+        problems.append(f"ONNX file was exported from a different model (fingerprint {recorded[:12]} in the file "
+                        f"vs {fingerprint[:12]} of this model's deploy weights)")
+    return problems, recorded
+
+
+def _fires(spikes: list[torch.Tensor]) -> bool:
+    return any(bool(t.count_nonzero()) for t in spikes)
+
+
+def _rate(spikes: list[torch.Tensor]) -> float:
+    total = sum(t.numel() for t in spikes)
+    return sum(int(t.count_nonzero()) for t in spikes) / total if total else 0.0
+
+
+def _count_nonfinite(t: torch.Tensor) -> int:
+    return int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
+
+
+def _count_nonfinite_array(a: np.ndarray) -> int:
+    return int(np.count_nonzero(~np.isfinite(a))) if np.issubdtype(a.dtype, np.floating) else 0
+
+
 @torch.no_grad()
 def _run(model: nn.Module, x: torch.Tensor, steps: bool,
          record: dict[str, list[torch.Tensor]] | None = None) -> torch.Tensor:
@@ -194,8 +433,9 @@ def _run(model: nn.Module, x: torch.Tensor, steps: bool,
                 hooks.append(m.register_forward_hook(
                     lambda mod, inp, out, name=name: record.setdefault(name, []).append(out.detach().float().cpu())))
     model.eval()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    xd = x.to(device=device, dtype=torch.float32)
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    device = weight.device if weight is not None else torch.device("cpu")
+    xd = x.to(device=device, dtype=weight.dtype if weight is not None else torch.float32)
     try:
         functional.reset_net(model)
         y = torch.stack([model(xt) for xt in xd]) if steps else model(xd)
@@ -209,17 +449,20 @@ def _run(model: nn.Module, x: torch.Tensor, steps: bool,
 
 
 def _compare(reference: str, candidate: str, ref: torch.Tensor, got: torch.Tensor) -> Comparison:
-    if ref.shape != got.shape:
-        raise ValueError(f"{candidate} output has shape {tuple(got.shape)}, {reference} output {tuple(ref.shape)}")
-    diff = (got.double() - ref.double()).abs()
-    max_abs = float(diff.max()) if diff.numel() else 0.0
-    scale = float(ref.double().abs().max()) if ref.numel() else 0.0
+    shapes = (tuple(ref.shape), tuple(got.shape))
+    if shapes[0] != shapes[1]:
+        return Comparison(reference, candidate, math.inf, math.inf, None, False, shapes)
+    r, g = ref.double(), got.double()
+    diff = (g - r).abs()  # NaN wherever either side is NaN (or both are the same infinity)
+    max_abs = float(diff.max()) if diff.numel() else 0.0  # max propagates NaN
+    scale = float(r.abs().max()) if r.numel() else 0.0
     top1 = None
     if ref.dim() in (2, 3) and ref.shape[-1] > 1:
-        a, b = (t.mean(0) if t.dim() == 3 else t for t in (ref, got))
-        top1 = float((a.argmax(-1) == b.argmax(-1)).float().mean())
-    return Comparison(reference, candidate, max_abs, max_abs / scale if scale > 0 else max_abs, top1,
-                      torch.equal(ref, got))
+        a, b = (t.mean(0) if t.dim() == 3 else t for t in (r, g))
+        nan_rows = a.isnan().any(-1) | b.isnan().any(-1)
+        top1 = float(((a.argmax(-1) == b.argmax(-1)) & ~nan_rows).double().mean())
+    return Comparison(reference, candidate, max_abs, max_abs / scale if 0 < scale < math.inf else max_abs, top1,
+                      torch.equal(ref, got), shapes)
 
 
 def _spike_values(proto: onnx.ModelProto, spikes: list[SpikeTensor], x: np.ndarray) -> dict[str, np.ndarray]:
@@ -233,4 +476,3 @@ def _spike_values(proto: onnx.ModelProto, spikes: list[SpikeTensor], x: np.ndarr
     runner = OnnxRunner(probe, optimize=False)
     results = runner.session.run(None, {runner.input_name: np.ascontiguousarray(x)})
     return dict(zip(runner.output_names, results, strict=True))
-

@@ -1,0 +1,356 @@
+"""verify's verdict: PASS only when the ONNX file is this model's export and reproduces it on an input that fires."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from spikingjelly.activation_based import functional, layer, neuron
+
+import nets
+import sj_realspike as rs
+from sj_realspike.cli import main
+from sj_realspike.export import model_fingerprint
+from sj_realspike.purity import spike_tensors, static_violations
+from sj_realspike.testing import make_dyadic
+from sj_realspike.verify import DEFAULT_RTOL
+
+TESTS = Path(__file__).parent
+
+
+def _model(spike: str = "real", seed: int = 0, name: str = "shortcut") -> torch.nn.Module:
+    x = nets.example("m", size=16)
+    model = rs.convert_model(nets.custom(name, "IF"), x, spike=spike, granularity="channel")
+    make_dyadic(model, x, seed=seed)
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[torch.nn.Module, Path, torch.Tensor]:
+    """A dyadic converted model and its export: verify must PASS on it."""
+    path = tmp_path_factory.mktemp("verify") / "m.onnx"
+    model = _model()
+    x = nets.example("m", size=16)
+    rs.export_onnx(model, path, x)
+    return model, path, x
+
+
+def _edited(path: Path, out: Path, edit) -> Path:
+    proto = onnx.load(path)
+    edit(proto)
+    onnx.save(proto, out)
+    return out
+
+
+def _first_conv_weight(proto: onnx.ModelProto) -> onnx.TensorProto:
+    inits = {t.name: t for t in proto.graph.initializer}
+    return next(inits[n.input[1]] for n in proto.graph.node if n.op_type == "Conv" and n.input[1] in inits)
+
+
+def _add_to_conv_weight(proto: onnx.ModelProto, value: float) -> None:
+    t = _first_conv_weight(proto)
+    t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t) + np.float32(value), t.name))
+
+
+def test_correct_export_passes_with_given_and_default_input(exported):
+    model, path, x = exported
+    report = rs.verify(model, path, x)
+    assert report.ok and report.failures == [], str(report)
+    assert str(report).startswith("PASS: outputs within rtol 1e-05")
+    assert report.bit_identical and report.fingerprint == report.file_fingerprint
+    assert not report.silent_neurons and len(report.firing) == 4
+
+    default = rs.verify(model, path)  # no input: noise scaled until every neuron fires
+    assert default.ok, str(default)
+    assert default.input_shape == tuple(x.shape)
+    assert "default: random uniform in [0, " in str(default).splitlines()[1]
+    assert "at which every neuron fires" in default.input_note
+    # the deploy model verifies against the same file: fold is deterministic, the fingerprint stable
+    assert rs.verify(rs.fold(model), path, x).ok
+
+
+def test_conv_weight_plus_100_in_the_onnx_file_fails_on_the_outputs(exported, tmp_path):
+    model, path, x = exported
+    bad = _edited(path, tmp_path / "bad.onnx", lambda p: _add_to_conv_weight(p, 100.0))
+    report = rs.verify(model, bad, x)
+    assert not report.ok
+    assert report.fingerprint == report.file_fingerprint  # metadata untouched: only the outputs can tell
+    assert report.failures[0].startswith("onnx output differs from the trained model's: max rel err")
+    assert str(report).startswith("FAIL: onnx output differs from the trained model's")
+
+
+def test_nan_and_inf_inputs_fail(exported):
+    model, path, x = exported
+    for value in (math.nan, math.inf):
+        bad = x.clone()
+        bad[0, 0, 0, :4, :4] = value
+        report = rs.verify(model, path, bad)
+        assert not report.ok
+        assert report.failures[0] == ("the input holds 16 NaN/Inf values: outputs compared on it prove nothing "
+                                      "(NaN never fires a neuron); pass finite data")
+
+
+def test_nan_weights_fail_and_never_count_as_agreement(tmp_path):
+    x = nets.example("m", size=16)
+    model = _model()
+    with torch.no_grad():
+        model.fc.weight.fill_(math.nan)  # every output NaN
+    rs.export_onnx(model, tmp_path / "nan.onnx", x)
+    report = rs.verify(model, tmp_path / "nan.onnx", x)
+    assert not report.ok
+    assert re.match(r"the deploy model's weights hold NaN/Inf: fc\S*\.weight \(160\)$", report.failures[0])
+    assert any(f.startswith("the onnx output holds 40 NaN/Inf values") for f in report.failures)
+    for c in report.comparisons:
+        assert math.isnan(c.max_abs) and c.top1_agreement == 0.0 and not c.identical
+
+
+
+def test_nan_in_an_onnx_initializer_fails_even_where_outputs_stay_finite(exported, tmp_path):
+    """One NaN in the first conv: its neurons stop firing (NaN never fires), the outputs may stay finite."""
+    model, path, x = exported
+    report = rs.verify(model, _edited(path, tmp_path / "nan.onnx", lambda p: _add_to_conv_weight(p, math.nan)), x)
+    assert not report.ok and report.failures[0].startswith("the ONNX file's initializers hold NaN/Inf")
+
+
+def _mlp(fc1_sign: float, fc2_sign: float) -> torch.nn.Module:
+    """The MLP net with fc1/fc2 weights forced to a sign: -1 makes the neuron after it silent on x >= 0."""
+    x = nets.example("m", size=16)
+    model = rs.convert_model(nets.custom("mlp", "IF"), x, spike="real", granularity="layer")
+    with torch.no_grad():
+        for name, sign in (("fc1", fc1_sign), ("fc2", fc2_sign)):
+            fc = getattr(model, name)
+            fc.weight.copy_(fc.weight.abs() * sign)
+            if fc.bias is not None:
+                fc.bias.zero_()
+    return model
+
+
+def test_default_input_on_a_silent_network_fails(tmp_path):
+    x = nets.example("m", size=16)
+    silent = _mlp(-1.0, 1.0)  # inputs are >= 0: no neuron ever fires
+    rs.export_onnx(silent, tmp_path / "silent.onnx", x)
+    report = rs.verify(silent, tmp_path / "silent.onnx")
+    assert not report.ok and report.comparison("trained", "onnx").identical  # a vacuous "bit-identical"
+    assert report.failures[0].startswith("no spikes observed: none of the 2 neurons fired on this input")
+    assert "pass --input with real data" in report.failures[0]
+    assert "fires the most neurons of 1, 2, 4" in report.input_note
+
+    deep = _mlp(1.0, -1.0)  # the first layer fires, the second never does
+    rs.export_onnx(deep, tmp_path / "deep.onnx", x)
+    report = rs.verify(deep, tmp_path / "deep.onnx")
+    assert not report.ok and report.silent_neurons == ["sn2"]
+    assert report.failures == ["1 of 2 neurons never fired on this input (sn2): the synapses after them were "
+                               "not checked; pass --input with real data"]
+
+
+def test_exciting_input_scales_until_every_neuron_fires():
+    deep = rs.fold(_mlp(1.0, 1.0))
+    x, scale = rs.exciting_input(deep, (2, 3, 3, 16, 16), seed=1)
+    assert x.shape == (2, 3, 3, 16, 16) and 0 <= float(x.min()) and float(x.max()) < scale
+    torch.testing.assert_close(x / scale, torch.rand(2, 3, 3, 16, 16, generator=torch.Generator().manual_seed(1)))
+    _, silent_scale = rs.exciting_input(rs.fold(_mlp(-1.0, 1.0)), (2, 3, 3, 16, 16), scales=(4.0, 2.0))
+    assert silent_scale == 4.0  # none fires at any scale: the first of the most-firing ones
+
+
+def test_file_from_another_model_fails_naming_the_fingerprint_or_kind(exported, tmp_path):
+    model, path, x = exported
+    ternary = _model("ternary")
+    report = rs.verify(ternary, path, x)
+    assert not report.ok
+    assert report.failures[0] == ("ONNX file was exported from a different model: its spikes are binary, "
+                                  "this model's are ternary")
+
+    other = _model(seed=1)  # same net and kind, other weights
+    report = rs.verify(other, path, x)
+    assert not report.ok
+    assert report.failures[0].startswith(f"ONNX file was exported from a different model (fingerprint "
+                                         f"{report.file_fingerprint[:12]} in the file vs {report.fingerprint[:12]}")
+
+    def drop_fingerprint(proto):
+        keep = [p for p in proto.metadata_props if p.key != "sj_realspike.fingerprint"]
+        del proto.metadata_props[:]
+        proto.metadata_props.extend(keep)
+
+    report = rs.verify(model, _edited(path, tmp_path / "anon.onnx", drop_fingerprint), x)
+    assert not report.ok and report.failures[0].startswith("ONNX file records no sj_realspike.fingerprint")
+
+
+def test_fingerprint_is_recorded_and_reproducible(exported, tmp_path):
+    model, path, x = exported
+    meta = {p.key: p.value for p in onnx.load(path).metadata_props}
+    fingerprint = meta["sj_realspike.fingerprint"]
+    assert len(fingerprint) == 64
+    assert model_fingerprint(rs.fold(model), 2, "T,N,C,H,W") == fingerprint  # fold is deterministic
+    rs.export_onnx(model, tmp_path / "t4.onnx", nets.example("m", size=16, T=4))  # T is part of it
+    assert {p.key: p.value for p in onnx.load(tmp_path / "t4.onnx").metadata_props}[
+        "sj_realspike.fingerprint"] != fingerprint
+
+
+class _Scaled(torch.nn.Module):
+    """Spikes times 0.75 on their way into a conv: an amplitude fold never saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.sn1 = layer.Conv2d(3, 4, 3, padding=1), neuron.IFNode()
+        self.conv2, self.sn2 = layer.Conv2d(4, 4, 3, padding=1), neuron.IFNode()
+        functional.set_step_mode(self, "m")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sn2(self.conv2(self.sn1(self.conv1(x)) * 0.75))
+
+
+def _planted_export(path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Scaled().eval(), (nets.example("m", size=8),), path, dynamo=True, verbose=False)
+
+
+def test_static_purity_ignores_value_info(tmp_path):
+    _planted_export(tmp_path / "planted.onnx")
+    proto = onnx.load(tmp_path / "planted.onnx")
+    expected = static_violations(proto)
+    assert [(v.neuron, v.op_type) for v in expected] == [("sn1", "Mul")]
+
+    bare = onnx.load(tmp_path / "planted.onnx")
+    del bare.graph.value_info[:]  # changes nothing the model computes
+    assert static_violations(bare) == expected
+
+    lying = onnx.load(tmp_path / "planted.onnx")
+    for v in lying.graph.value_info:  # every intermediate claims to be an integer
+        v.type.tensor_type.elem_type = onnx.TensorProto.INT64
+    assert spike_tensors(lying) == spike_tensors(proto)
+    assert static_violations(lying) == expected
+
+
+def _offset_outputs(proto: onnx.ModelProto, offset: float) -> None:
+    """output ← output + offset: every logit moves alike, so top-1 is unchanged."""
+    out = proto.graph.output[0].name
+    for node in proto.graph.node:
+        node.output[:] = [o if o != out else "pre_offset" for o in node.output]
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array(offset, np.float32), "offset"))
+    proto.graph.node.append(onnx.helper.make_node("Add", ["pre_offset", "offset"], [out]))
+
+
+def test_rtol_is_validated_and_applied(exported, tmp_path):
+    model, path, x = exported
+    with pytest.raises(ValueError, match=r"rtol must be a finite number >= 0, got -1"):
+        rs.verify(model, path, x, rtol=-1)
+    with pytest.raises(ValueError, match=r"rtol must be a finite number >= 0, got nan"):
+        rs.verify(model, path, x, rtol=math.nan)
+    nudged = _edited(path, tmp_path / "nudged.onnx", lambda p: _offset_outputs(p, 1e-3))
+    report = rs.verify(model, nudged, x)
+    c = report.comparison("trained", "onnx")
+    assert c.top1_agreement == 1.0 and DEFAULT_RTOL < c.max_rel < 1e-2
+    assert not report.ok and report.failures[0].startswith(
+        f"onnx output differs from the trained model's: max rel err {c.max_rel:.3g} > rtol 1e-05")
+    assert rs.verify(model, nudged, x, rtol=1e-2).ok
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+# BatchNorm's eps is set by the constructor, not stored in the weights: a factory that builds the
+# test nets with eps=0 keeps a dyadic model exact after a bundle round trip.
+DYADIC_FACTORY = """
+import torch
+import nets
+
+
+def custom(**kwargs):
+    net = nets.custom(**kwargs)
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eps = 0.0
+    return net
+"""
+
+
+@pytest.fixture
+def factory_dir(tmp_path, monkeypatch) -> Path:
+    (tmp_path / "dyadic_nets.py").write_text(DYADIC_FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def _bundle(model: torch.nn.Module, path: Path, name: str) -> torch.nn.Module:
+    """Save ``model`` as a bundle of the dyadic factory; return what loading it rebuilds."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eps = 0.0
+    rs.save_bundle(model, path, factory="dyadic_nets:custom", kwargs={"name": name, "neuron_name": "IF"})
+    return rs.load_bundle(path, trust=["dyadic_nets"])
+
+
+def _verify_cli(capsys, *args: str) -> tuple[int, str, str]:
+    status = main(["verify", *args, "--trust", "dyadic_nets"])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_cli_verify_exit_status_follows_the_verdict(factory_dir, capsys, monkeypatch):
+    tmp = factory_dir
+    monkeypatch.chdir(tmp)
+    model = _bundle(_model(), tmp / "m.bundle", "shortcut")
+    x = nets.example("m", size=16)
+    rs.export_onnx(model, tmp / "m.onnx", x)
+    _edited(tmp / "m.onnx", tmp / "bad.onnx", lambda p: _add_to_conv_weight(p, 100.0))
+    np.save(tmp / "x.npy", x.numpy())
+    nan = x.clone()
+    nan[0, 0, 0, 0, 0] = math.nan
+    np.save(tmp / "nan.npy", nan.numpy())
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp), str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-m", "sj_realspike.cli", "verify", "m.bundle", "m.onnx", "--input", "x.npy",
+                        "--trust", "dyadic_nets"], cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("PASS: ")
+
+    status, out, _ = _verify_cli(capsys, "m.bundle", "bad.onnx", "--input", "x.npy")
+    assert status == 1 and out.startswith("FAIL: onnx output differs from the trained model's"), out
+    status, out, _ = _verify_cli(capsys, "m.bundle", "m.onnx", "--input", "nan.npy")
+    assert status == 1 and out.startswith("FAIL: the input holds 1 NaN/Inf values"), out
+    status, out, err = _verify_cli(capsys, "m.bundle", "m.onnx", "--rtol", "-1")
+    assert status == 2 and out == ""
+    assert err.strip().splitlines() == ["sj-realspike: error: rtol must be a finite number >= 0, got -1.0"]
+
+
+def test_cli_verify_default_input_and_another_models_file(factory_dir, capsys, monkeypatch):
+    tmp = factory_dir
+    monkeypatch.chdir(tmp)
+    deep = _bundle(_mlp(1.0, -1.0), tmp / "deep.bundle", "mlp")
+    rs.export_onnx(deep, tmp / "deep.onnx", nets.example("m", size=16))
+    status, out, _ = _verify_cli(capsys, "deep.bundle", "deep.onnx")
+    assert status == 1
+    first, second = out.splitlines()[:2]
+    assert first == ("FAIL: 1 of 2 neurons never fired on this input (sn2): the synapses after them were not "
+                     "checked; pass --input with real data")
+    assert "default: random uniform in [0, " in second
+
+    _bundle(_mlp(1.0, 1.0), tmp / "other.bundle", "mlp")
+    status, out, _ = _verify_cli(capsys, "other.bundle", "deep.onnx")
+    assert status == 1 and out.startswith("FAIL: ONNX file was exported from a different model (fingerprint")
+    assert main(["verify", "--help"]) == 0
+    assert f"default: {DEFAULT_RTOL:g}" in " ".join(capsys.readouterr().out.split())
+
+
+def test_realistic_weights_fail_at_the_default_rtol_with_a_hint(tmp_path):
+    """BN with eps=1e-5: fold's rounding flips a few spikes, which moves the outputs by whole weights."""
+    x = nets.example("m", size=16)
+    model = _model()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eps = 1e-5
+    rs.export_onnx(model, tmp_path / "m.onnx", x)
+    report = rs.verify(model, tmp_path / "m.onnx", x)
+    c = report.comparison("trained", "onnx")
+    assert c.top1_agreement == 1.0 and DEFAULT_RTOL < c.max_rel < 0.5 and report.spike_flip_rate > 0
+    assert not report.ok and "top-1 still agrees on every sample" in report.failures[0]
+    assert "pass a larger rtol (--rtol)" in report.failures[0]
+    assert rs.verify(model, tmp_path / "m.onnx", x, rtol=0.5).ok
