@@ -291,7 +291,8 @@ def run_variant(variant: Variant, data: Digits, T: int, epochs: int, seed: int, 
         The row of the demo table, with the per-layer data for the plot.
     """
     torch.manual_seed(seed)
-    model = build_model(variant, encode(data.train_x[:8], T))
+    example = encode(data.train_x[:8], T)
+    model = build_model(variant, example)
     start = time.perf_counter()
     train(model, data, T, epochs, seed, desc=f"{variant.name} T={T}")
     seconds = time.perf_counter() - start
@@ -299,7 +300,7 @@ def run_variant(variant: Variant, data: Digits, T: int, epochs: int, seed: int, 
     trained, _ = evaluate(model, data.test_x, T)
     with warnings.catch_warnings():  # the vanilla variant is unconverted on purpose
         warnings.simplefilter("ignore", NotConvertedWarning)
-        deploy = fold(model)
+        deploy = fold(model, example_input=example)  # the vanilla net records no example of its own
     folded, counts = evaluate(deploy, data.test_x, T)
     onnx, latency = None, None
     if onnx_dir is not None:
