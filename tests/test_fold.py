@@ -157,11 +157,17 @@ def test_fold_is_idempotent_and_copies():
     assert torch.equal(run(again, x), run(deploy, x))
 
 
-def test_fold_inplace_returns_same_object():
+def test_fold_inplace_takes_the_model_apart_instead_of_copying():
     x = nets.example("m")
     model = rs.convert_model(nets.custom("pool", "IF"), x)
-    assert rs.fold(model, inplace=True) is model
-    assert not any(isinstance(m, rs.Amplitude) for m in model.modules())
+    make_dyadic(model, x)
+    sn = model.get_submodule("features.2")
+    copied = rs.fold(model)
+    assert copied.get_submodule("features.2") is not sn
+    deploy = rs.fold(model, inplace=True)
+    assert isinstance(deploy, torch.fx.GraphModule) and deploy.get_submodule("features.2") is sn
+    assert not any(isinstance(m, rs.Amplitude) for m in deploy.modules())
+    assert torch.equal(run(deploy, x), run(copied, x))
 
 
 def test_negative_amplitude_before_max_pool_is_refused():
