@@ -173,7 +173,8 @@ NOT_SPIKES: dict[str, tuple[Callable[[], nn.Module], Callable[[], torch.Tensor],
     "NoisyCUBALIFNode": (lambda: neuron.NoisyCUBALIFNode(num_node=F, T=T), multi,
                          r"NoisyCUBALIFNode: running it on its input failed \(training mode, AttributeError: "
                          r".*noise_step.*\)"),
-    "SummingLIF": (lambda: SummingLIF(step_mode="m"), multi, r"SummingLIF returns shape \[2, 8\] for input shape \[2, 2, 8\]"),
+    "SummingLIF": (lambda: SummingLIF(step_mode="m"), multi,
+                   r"SummingLIF returns shape \[2, 8\] for input shape \[2, 2, 8\]"),
     "DoubleSpikeLIF": (lambda: DoubleSpikeLIF(step_mode="m"), multi,
                        r"DoubleSpikeLIF emits values \{0, 2\} \(graded spikes: each spike carries a weight\), "
                        r"not binary spikes"),
