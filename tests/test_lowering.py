@@ -13,6 +13,7 @@ from spikingjelly.activation_based import functional, neuron, surrogate
 
 import nets
 import sj_realspike as rs
+from sj_realspike.fold import NotConvertedWarning
 from sj_realspike.lowered import (LoweredBinaryNeuron, LoweredDiagonalSynapse, LoweredTernaryNeuron,
                                   LoweredUnsharedConv2d, lower_neuron)
 from sj_realspike.testing import make_dyadic, run
@@ -175,13 +176,16 @@ def test_lower_for_export_keeps_the_deploy_function(net_name, neuron_name, step_
 def test_lowering_refuses_mixed_step_modes():
     net = nets.custom("shortcut", "IF", "m")
     net.sn2.step_mode = "s"
-    deploy = rs.fold(net)
+    x = nets.example("m", size=16)
+    with pytest.warns(NotConvertedWarning):
+        deploy = rs.fold(net, example_input=x)
     with pytest.raises(rs.UnsupportedPatternError, match="both step modes"):
-        rs.lower_for_export(deploy, nets.example("m", size=16))
+        rs.lower_for_export(deploy, x)
 
 
 def test_single_step_neuron_without_lowering_is_refused():
     net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 8), neuron.QIFNode())
-    deploy = rs.fold(net)
+    with pytest.warns(NotConvertedWarning):
+        deploy = rs.fold(net, example_input=nets.example("m", size=16)[0])
     with pytest.raises(rs.UnsupportedPatternError, match="single-step neuron without an export lowering"):
         rs.lower_for_export(deploy, nets.example("m", size=16))
