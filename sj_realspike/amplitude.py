@@ -13,15 +13,20 @@ from .config import Granularity
 __all__ = ["Amplitude", "amplitude_shape", "amplitude_parameters"]
 
 
-def amplitude_shape(feature_shape: tuple[int, ...], granularity: Granularity) -> tuple[int, ...]:
-    """Shape of ``a`` for one sample's feature shape (``(C, H, W)`` or ``(F,)``).
+def amplitude_shape(feature_shape: tuple[int, ...], granularity: Granularity,
+                    channels_last: bool = False) -> tuple[int, ...]:
+    """Shape of ``a`` for one sample's feature shape (``(C, H, W)``, ``(F,)`` or tokens ``(L, C)``).
 
-    layer → ``()``; channel → ``(C, 1, …)``; element → the whole feature shape.
-    Trailing alignment makes the same ``a`` broadcast over ``[N, …]`` and ``[T, N, …]``.
+    layer → ``()``; channel → ``(C, 1, …)`` (``(1, …, C)`` with ``channels_last``: token
+    layouts whose channels a Linear reads from the last dim); element → the whole
+    feature shape. Trailing alignment makes the same ``a`` broadcast over ``[N, …]``
+    and ``[T, N, …]``.
     """
     if granularity == "layer" or not feature_shape:
         return ()
     if granularity == "channel":
+        if channels_last:
+            return (1,) * (len(feature_shape) - 1) + (feature_shape[-1],)
         return (feature_shape[0],) + (1,) * (len(feature_shape) - 1)
     return tuple(feature_shape)
 

@@ -315,6 +315,8 @@ def capture(model: nn.Module, example_input: Any, *, leaf: Callable[[nn.Module],
 
     params = [p for p in inspect.signature(model.forward).parameters.values()
               if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    # A forward that works in place on its input (x.unsqueeze_(0)) must not change the caller's tensor.
+    example_input = fx.node.map_aggregate(example_input, lambda v: v.clone() if isinstance(v, torch.Tensor) else v)
     if isinstance(example_input, dict):
         inputs = dict(example_input)
     else:

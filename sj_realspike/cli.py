@@ -193,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                 return demo.main(rest)
             if rest:
                 raise CliError(f"unrecognized arguments: {' '.join(rest)} (see sj-realspike {args.command} --help)")
-            if getattr(args, "output", None):
-                resolve_destination(args.output)  # refuse a directory/FIFO/device before the work, not after
+            for dest in (getattr(args, "output", None), getattr(args, "energy_plot", None)):
+                if dest:
+                    resolve_destination(dest)  # refuse a directory/FIFO/device before the work, not after
             return globals()[f"_cmd_{args.command}"](args) or 0
     except KeyboardInterrupt:
         error_line("interrupted (SIGINT)")
@@ -379,7 +380,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if not path.is_file():
-        raise CliError(f"{path} does not exist")
+        raise CliError(f"{path} does not exist" if not path.exists() else f"{path} is not a regular file")
     energy = args.energy or args.energy_plot
     if path.suffix == ".onnx":
         if energy:

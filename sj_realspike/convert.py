@@ -21,8 +21,10 @@ from .amplitude import Amplitude, amplitude_shape
 from .capture import CaptureResult, capture
 from .config import Granularity, RuleSource, SpikeConfig, SpikeKind, SpikeSpec
 from .errors import UnsupportedPatternError
-from .flow import follow_amplitudes, neuron_batch_dims
+from .flow import Blocker, follow_amplitudes, neuron_batch_dims
+from .ops import OpKind, classify
 from .neurons import is_neuron, is_ternary, ternary_counterpart, to_ternary
+from .recognise import is_spiking_module, spike_output_problem
 from .report import ConversionReport, ConvertedNeuron, SkippedNeuron, set_record
 from .spiking import AmplitudeNeuron, attach_amplitude, base_class
 from .state import copy_model
@@ -49,6 +51,7 @@ def convert_model(
     granularity: Granularity = "channel",
     config: SpikeConfig | None = None,
     inplace: bool = False,
+    input_layout: str | None = None,
 ) -> nn.Module:
     """Give a SpikingJelly network real-valued (or ternary) spikes with learnable amplitudes.
 
@@ -76,6 +79,10 @@ def convert_model(
         config: per-neuron rules; fields a rule leaves unset come from ``spike``/``granularity``.
             ``None`` converts every neuron with the defaults.
         inplace: convert ``net`` itself instead of a deep copy.
+        input_layout: what the dims of ``example_input`` are, e.g. ``"T,N,C,H,W"``
+            (default for multi-step models), ``"N,C,H,W"`` (a model that repeats its input
+            over time inside ``forward``) or ``"N,C,T,F"``; ``N`` marks the batch dim,
+            which export keeps dynamic, and ``T`` the time dim. Recorded for export/verify.
 
     Returns:
         ``net``'s class (a copy unless ``inplace``) in ``net``'s training mode with neuron
@@ -95,8 +102,9 @@ def convert_model(
     model = net if inplace else copy_model(net)
     training = model.training
 
-    result = capture(model, example_input, record=is_neuron)
+    result = capture(model, example_input, record=is_spiking_module)
     report, selected = _plan(result, config, default, _device(model, example_input))
+    layout = check_layout(input_layout, example_input, result)
     for sel in selected:
         module = model.get_submodule(sel.target)
         if sel.spec.spike == "ternary" and not is_ternary(module):
@@ -124,6 +132,10 @@ def convert_model(
         "example_shape": tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else None,
         "example_dtype": str(example_input.dtype).removeprefix("torch.")
         if isinstance(example_input, torch.Tensor) else None,
+        "input_layout": layout,
+        # One forward call consumes the whole sequence (multi-step neurons, or a time loop in forward).
+        "sequence_per_call": bool(report.calls) or any(
+            getattr(m, "step_mode", "s") == "m" for m in model.modules() if is_neuron(m)),
     })
     return model
 
@@ -136,7 +148,7 @@ def _plan(result: CaptureResult, config: SpikeConfig, default: SpikeSpec,
     report = ConversionReport(opaque=list(result.opaque), state_reads=list(result.state_reads))
     calls: dict[str, list[fx.Node]] = {}
     for node in gm.graph.nodes:
-        if node.op == "call_module" and is_neuron(modules[node.target]):
+        if node.op == "call_module" and is_spiking_module(modules[node.target]):
             calls.setdefault(node.target, []).append(node)
     report.total = len(calls)
     report.calls = {t: len(nodes) for t, nodes in calls.items() if len(nodes) > 1}
@@ -148,40 +160,120 @@ def _plan(result: CaptureResult, config: SpikeConfig, default: SpikeSpec,
         if spec is None:
             report.untouched.append(target)
             continue
-        reason = _unsupported_neuron(module, spec) or _shape_problem(nodes, module)
+        reason = _output_problem(module, result.samples.get(target)) or _unsupported_neuron(module, spec) \
+            or _shape_problem(nodes, module)
         if reason is not None:
             _skip_or_raise(report, target, module, rule, reason)
             continue
         features = tuple(nodes[0].meta["tensor_meta"].shape[neuron_batch_dims(module):])
-        amp = Amplitude(amplitude_shape(features, spec.granularity), spec.granularity, spec.init).to(device)
+        last = spec.granularity == "channel" and len(features) > 1 and _first_synapse(nodes[0], modules) is OpKind.LINEAR
+        amp = Amplitude(amplitude_shape(features, spec.granularity, last), spec.granularity, spec.init).to(device)
         sel = _Selected(target, spec, rule, amp)
         sel.amp_target, sel.amp_nodes = insert_amplitude(gm, nodes, amp, target)
         selected.append(sel)
 
-    # Drop the amplitudes that could never be folded, until every remaining one can.
+    # Drop the amplitudes that could never be folded, until every remaining one can. A channel
+    # amplitude blocked in one orientation (channels first / last) gets one try in the other.
+    retried: set[str] = set()
     while True:
         blockers, _ = follow_amplitudes(gm, rewrite=False)
         if not blockers:
             break
         by_amp = {node: sel for sel in selected for node in sel.amp_nodes}
+        hit: dict[_Selected, Blocker] = {}  # each blocked neuron once per round, with its first blocker
         for blocker in blockers:
             if not blocker.sources:
                 raise UnsupportedPatternError(blocker.node, blocker.reason, blocker.remedy)
-            for sel in dict.fromkeys(by_amp[a] for a in blocker.sources if a in by_amp):
-                if sel not in selected:
-                    continue
-                remove_amplitude(gm, sel.amp_nodes)
-                selected.remove(sel)
-                where = "" if f"'{blocker.node}'" in blocker.reason else f" at node '{blocker.node}'"
-                _skip_or_raise(report, sel.target, modules[sel.target], sel.rule, blocker.reason + where,
-                               blocker.remedy)
+            for a in blocker.sources:
+                if a in by_amp:
+                    hit.setdefault(by_amp[a], blocker)
+        for sel, blocker in hit.items():
+            remove_amplitude(gm, sel.amp_nodes)
+            if sel.target not in retried and _flip_channels(sel):
+                retried.add(sel.target)
+                sel.amp_nodes = call_after(gm, calls[sel.target], sel.amp_target)
+                continue
+            selected.remove(sel)
+            where = "" if f"'{blocker.node}'" in blocker.reason else f" at node '{blocker.node}'"
+            _skip_or_raise(report, sel.target, modules[sel.target], sel.rule, blocker.reason + where,
+                           blocker.remedy)
     return report, selected
+
+
+_LAYOUT_NAMES = {3: "T,N,F", 4: "T,N,C,L", 5: "T,N,C,H,W", 6: "T,N,C,D,H,W"}
+
+
+def check_layout(layout: str | None, example_input: object, result: CaptureResult) -> str | None:
+    """The validated input layout (the default for ``[T, N, …]`` multi-step inputs when ``None``).
+
+    Raises:
+        ValueError: the layout does not name one letter per dim of the example, or has no ``N``.
+    """
+    if not isinstance(example_input, torch.Tensor):
+        return layout
+    rank = example_input.dim()
+    if layout is None:
+        multi = any(getattr(m, "step_mode", "s") == "m" for m in result.gm.modules() if is_neuron(m))
+        if multi and rank >= 3:
+            return _LAYOUT_NAMES.get(rank, ",".join(["T", "N"] + [f"D{i}" for i in range(rank - 2)]))
+        return ",".join(["N"] + [f"D{i}" for i in range(rank - 1)])
+    dims = [d.strip() for d in layout.split(",")]
+    if len(dims) != rank or dims.count("N") != 1 or dims.count("T") > 1 or len(set(dims)) != len(dims) \
+            or not all(d.isidentifier() for d in dims):
+        raise ValueError(f"input_layout {layout!r} must name each of the {rank} dims of the example input "
+                         f"{tuple(example_input.shape)} once, with exactly one 'N' (batch), e.g. 'N,C,H,W'")
+    return ",".join(dims)
+
+
+def _flip_channels(sel: _Selected) -> bool:
+    """Give a channel amplitude of a rank ≥ 2 feature map the other channel dim (first ↔ last)."""
+    shape = tuple(sel.amplitude.a.shape)
+    if sel.spec.granularity != "channel" or len(shape) < 2:
+        return False
+    features = tuple(sel.amp_nodes[0].meta["tensor_meta"].shape[-len(shape):])
+    last = shape[-1] > 1 or (shape[0] == 1 and features[0] > 1)
+    flipped = amplitude_shape(features, "channel", channels_last=not last)
+    sel.amplitude.a = nn.Parameter(torch.full(flipped, float(sel.spec.init), device=sel.amplitude.a.device))
+    return True
+
+
+def _first_synapse(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind | None:
+    """The kind of the first conv/linear layer the spikes of ``node`` reach (``None``: none before a neuron).
+
+    Decides which dim a channel-wise amplitude scales: a conv reads channels from the
+    first feature dim, a Linear from the last (token layouts ``[T, N, L, C]``).
+    """
+    frontier, seen = list(node.users), set()
+    while frontier:
+        n = frontier.pop(0)
+        if n in seen:
+            continue
+        seen.add(n)
+        kind = classify(n, modules)
+        if kind in (OpKind.CONV, OpKind.LINEAR):
+            return kind
+        if kind not in (OpKind.NEURON, OpKind.OUTPUT):
+            frontier.extend(n.users)
+    return None
 
 
 def _device(model: nn.Module, example_input: object) -> torch.device:
     if isinstance(example_input, torch.Tensor):
         return example_input.device
     return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def _output_problem(module: nn.Module, sample: torch.Tensor | None) -> str | None:
+    """Why ``module`` does not emit binary/ternary spikes (checked on its real input, and 8× it)."""
+    if sample is None:
+        return f"{type(module).__name__} was called without a tensor input, so its output cannot be checked"
+    problem = spike_output_problem(module, sample) or spike_output_problem(module, sample * 8)
+    if problem is not None:
+        return problem
+    if not is_neuron(module):
+        return (f"{type(module).__name__} emits spikes but is not a SpikingJelly BaseNode; amplitudes, fold and "
+                "export support BaseNode neurons only, so its spikes stay binary")
+    return None
 
 
 def _unsupported_neuron(module: nn.Module, spec: SpikeSpec) -> str | None:
@@ -221,6 +313,11 @@ def insert_amplitude(gm: fx.GraphModule, nodes: list[fx.Node], amp: Amplitude,
     """
     target = _unique_name(gm, name.replace(".", "_") + "_amplitude")
     gm.add_submodule(target, amp)
+    return target, call_after(gm, nodes, target)
+
+
+def call_after(gm: fx.GraphModule, nodes: list[fx.Node], target: str) -> list[fx.Node]:
+    """A call of module ``target`` on the output of each of ``nodes``, which their users now read."""
     amp_nodes = []
     for node in nodes:
         with gm.graph.inserting_after(node):
@@ -230,7 +327,7 @@ def insert_amplitude(gm: fx.GraphModule, nodes: list[fx.Node], amp: Amplitude,
         amp_node.meta = {k: v for k, v in node.meta.items() if k not in ("nn_module_stack", "source_fn_stack")}
         node.replace_all_uses_with(amp_node, delete_user_cb=lambda user, a=amp_node: user is not a)
         amp_nodes.append(amp_node)
-    return target, amp_nodes
+    return amp_nodes
 
 
 def remove_amplitude(gm: fx.GraphModule, amp_nodes: list[fx.Node]) -> None:

@@ -31,7 +31,7 @@ from .amplitude import Amplitude
 from .capture import OPAQUE_KEY
 from .errors import UnsupportedPatternError
 from .ops import OpKind, classify, describe, permutation, reduction, scalar_factor
-from .scales import compact, matmul_scale, permute_scale, reduce_scale, slice_scale, varies_only_along_last
+from .scales import compact, full_rank, matmul_scale, permute_scale, reduce_scale, slice_scale, varies_only_along_last
 from .synapses import DiagonalSynapse, UnsharedConv2d
 from .weights import (
     is_spatially_uniform,
@@ -138,6 +138,7 @@ class _Walker:
             OpKind.RESHAPE: self._linear_op,
             OpKind.AVGPOOL: self._linear_op,
             OpKind.IDENTITY: self._identity,
+            OpKind.TEMPORAL: self._temporal,
             OpKind.SCALAR: self._scalar,
             OpKind.MAXPOOL: self._maxpool,
             OpKind.ADD: self._add,
@@ -150,10 +151,11 @@ class _Walker:
             OpKind.SPLIT: self._split,
             OpKind.GETITEM: self._getitem,
             OpKind.MATMUL: self._matmul,
+            OpKind.HADAMARD: self._hadamard,
         }.get(kind)
         only_first_input = len(carried) == 1 and node.args[:1] == (carried[0],) and carried[0] not in (
             *node.args[1:], *node.kwargs.values())
-        if handler is None or (kind not in (OpKind.ADD, OpKind.MATMUL) and not only_first_input):
+        if handler is None or (kind not in (OpKind.ADD, OpKind.MATMUL, OpKind.HADAMARD) and not only_first_input):
             self._block(node, carried, self._unsupported_reason(node, kind),
                         "Scaled spikes may only pass reshapes, pooling, dropout, scalar factors and "
                         "additions on their way to a conv/linear layer or a neuron; leave this neuron "
@@ -176,6 +178,10 @@ class _Walker:
     def _block(self, node: fx.Node, carried: list[fx.Node], reason: str, remedy: str) -> None:
         sources = tuple(dict.fromkeys(s for c in carried for t in self.exprs[c] for s in t.sources))
         raise _Blocked(Blocker(sources, node.name, reason, remedy))
+
+    def _block_term(self, t: Term, node: fx.Node, reason: str, remedy: str) -> None:
+        """Block only the amplitudes behind term ``t`` (the other addends may still fold)."""
+        raise _Blocked(Blocker(t.sources, node.name, reason, remedy))
 
     def _terms(self, node: fx.Node) -> tuple[Term, ...]:
         return self.exprs[node.args[0]]
@@ -210,7 +216,7 @@ class _Walker:
                 b = t.batch_dims
                 k = _batch_boundary(t.shape, b, out_shape)
                 if k is None:
-                    self._block(node, [node.args[0]],
+                    self._block_term(t, node,
                                 f"{describe(node, self.modules)} reshapes {t.shape} to {out_shape}, "
                                 f"mixing the {b} batch/time dim(s) with the features",
                                 f"Reshape the batch/time dims (e.g. x.flatten(0, 1)) and the feature dims "
@@ -222,6 +228,16 @@ class _Walker:
 
     def _identity(self, node: fx.Node) -> None:
         self.exprs[node] = self._terms(node)
+
+    def _temporal(self, node: fx.Node) -> None:
+        """A filter over time acting on each feature alone: every scale passes it unchanged."""
+        terms = []
+        for t in self._terms(node):
+            if t.deferred:
+                self._block_term(t, node, f"{describe(node, self.modules)} filters pooled element-wise amplitudes",
+                                 "Use channel granularity for this neuron")
+            terms.append(replace(t, node=self._replay(node, t.node)))
+        self.exprs[node] = tuple(terms)
 
     def _scalar(self, node: fx.Node) -> None:
         c = scalar_factor(node)
@@ -270,7 +286,7 @@ class _Walker:
         for t in self._terms(node):
             perm = permutation(node, len(t.shape))
             if perm is None:
-                self._block(node, [node.args[0]], f"{describe(node, self.modules)} permutes dims that are not static",
+                self._block_term(t, node, f"{describe(node, self.modules)} permutes dims that are not static",
                             "Pass the dims as integers")
             if t.scale is None or t.deferred:
                 terms.append(replace(t, node=self._replay(node, t.node), shape=out_shape) if t.scale is None
@@ -278,7 +294,7 @@ class _Walker:
                 continue
             b = t.batch_dims
             if sorted(perm[:b]) != list(range(b)):
-                self._block(node, [node.args[0]],
+                self._block_term(t, node,
                             f"{describe(node, self.modules)} moves the batch/time dims of {t.shape} into the features",
                             "Keep [T, N] (or [N]) leading while scaled spikes travel to their synapse")
             scale = permute_scale(t.scale, [p - b for p in perm[b:]])
@@ -301,7 +317,7 @@ class _Walker:
             scale = reduce_scale(t.scale, rank - b, features, keepdim) if not t.deferred else None
             if scale is None:
                 if batch:
-                    self._block(node, [node.args[0]],
+                    self._block_term(t, node,
                                 f"{describe(node, self.modules)} averages over time/batch after an element-wise "
                                 "amplitude was pooled", "Use channel granularity for this neuron")
                 terms.append(replace(t, deferred=t.deferred + (node,)))  # only a Linear can absorb it
@@ -376,6 +392,31 @@ class _Walker:
         new = self._replay2(node, a.node, b.node)
         self.exprs[node] = (Term(new, self._shape(node), scale, batch, a.sources + b.sources),)
 
+    def _hadamard(self, node: fx.Node) -> None:
+        """``(α ⊙ A) ⊙ (β ⊙ B) = (α·β) ⊙ (A ⊙ B)``: exact for single terms of the same rank (SEW AND)."""
+        out_shape = self._shape(node)
+        sides = []
+        for arg in node.args:
+            terms = self.exprs.get(arg, (Term(arg, self._shape(arg), None, 0),))
+            if len(terms) != 1 or terms[0].deferred or len(self._shape(arg)) != len(out_shape):
+                self._block(node, [a for a in node.args if a in self.exprs],
+                            f"{describe(node, self.modules)} multiplies a sum of spike trains (or a broadcast or "
+                            "pooled element-wise amplitude), which does not factor",
+                            "Leave the neurons feeding this product binary")
+            sides.append(terms[0])
+        a, b = sides
+        scaled = [t for t in sides if t.scale is not None]
+        if len({t.batch_dims for t in scaled}) > 1:
+            self._block(node, [x for x in node.args if x in self.exprs], f"{describe(node, self.modules)} "
+                        "multiplies spikes with different batch/time layouts", "Keep [T, N] leading on both operands")
+        batch = scaled[0].batch_dims
+        scale = None
+        for t in scaled:
+            scale = t.scale if scale is None else compact(full_rank(scale, len(out_shape) - batch)
+                                                          * full_rank(t.scale, len(out_shape) - batch))
+        new = self._replay2(node, a.node, b.node)
+        self.exprs[node] = (Term(new, out_shape, scale, batch, a.sources + b.sources),)
+
     def _shape_query(self, node: fx.Node) -> None:
         if not self.rewrite:
             return
@@ -394,18 +435,18 @@ class _Walker:
             if t.scale is None:
                 continue
             if conv and t.deferred:
-                self._block(node, [node.args[0]],
+                self._block_term(t, node,
                             f"element-wise amplitude passes {describe(t.deferred[0], self.modules)} before conv "
                             f"{describe(node, self.modules)}; pooling mixes positions, so no conv kernel can absorb it",
                             "Use channel granularity for this neuron (only a Linear layer can absorb pooled element-wise amplitudes)")
             if not conv and not t.deferred and not varies_only_along_last(t.scale):
-                self._block(node, [node.args[0]],
+                self._block_term(t, node,
                             f"{describe(node, self.modules)} acts on the last dim of a {len(t.shape)}-d tensor, "
                             "but the amplitude also varies along the other dims, so it is not a per-input-column factor",
                             "Flatten the features before the Linear layer, or use channel granularity")
             if conv and not is_spatially_uniform(t.scale):
                 if not isinstance(syn, nn.Conv2d) or syn.padding_mode != "zeros":
-                    self._block(node, [node.args[0]],
+                    self._block_term(t, node,
                                 f"element-wise amplitude into {describe(node, self.modules)} needs an unshared Conv2d "
                                 f"with zero padding (got {type(syn).__name__}, padding_mode={syn.padding_mode!r})",
                                 "Use channel granularity for this neuron or zero padding in the conv")
@@ -490,8 +531,8 @@ class _Walker:
                 step_mode = getattr(self.modules[node.target], "step_mode", "s")
                 x = self._call_new(name, DiagonalSynapse(t.scale.to(torch.float32), step_mode), t.node)
                 self.stats.diagonal_synapses.append(name)
-                for op in t.deferred:
-                    x = self._replay(op, x)
+                for op in t.deferred:  # after the synapse, right here (not at the op's old place)
+                    x = self.graph.create_node(op.op, op.target, (x,) + tuple(op.args[1:]), dict(op.kwargs))
                 parts.append(x)
             total = parts[0]
             for p in parts[1:]:

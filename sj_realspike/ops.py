@@ -27,6 +27,7 @@ class OpKind(enum.Enum):
     AVGPOOL = "avgpool"  # linear, channel-preserving
     MAXPOOL = "maxpool"  # commutes with non-negative per-channel scaling only
     IDENTITY = "identity"  # dropout (identity at inference), nn.Identity
+    TEMPORAL = "temporal"  # linear in time, element-wise in features (SynapseFilter)
     SCALAR = "scalar"  # multiply / divide by a Python number
     ADD = "add"
     PERMUTE = "permute"  # permute / transpose: moves dims
@@ -34,6 +35,7 @@ class OpKind(enum.Enum):
     SPLIT = "split"  # chunk / split: a tuple of slices, read by getitem
     GETITEM = "getitem"  # indexing / slicing, or one slice of a split
     MATMUL = "matmul"  # product of two tensors (attention), bilinear
+    HADAMARD = "hadamard"  # element-wise product of two tensors (SEW AND, QKFormer's attn * k)
     SHAPE = "shape"  # reads a shape, not values
     OUTPUT = "output"
     OTHER = "other"
@@ -55,6 +57,7 @@ _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 _MUL_FUNCS = {operator.mul, operator.imul, torch.mul}
 _DIV_FUNCS = {operator.truediv, operator.itruediv, torch.div}
 
+_TEMPORAL = tuple(c for c in (getattr(layer, "SynapseFilter", None),) if c is not None)
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, layer.Dropout, layer.Dropout2d)
 
 
@@ -80,6 +83,8 @@ def classify(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
             return OpKind.MAXPOOL if not m.return_indices else OpKind.OTHER
         if isinstance(m, _DROPOUT):
             return OpKind.IDENTITY
+        if isinstance(m, _TEMPORAL):
+            return OpKind.TEMPORAL
         return OpKind.OTHER
     if node.op == "call_function":
         t = node.target
@@ -93,6 +98,8 @@ def classify(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
             return OpKind.ADD
         if (t in _MUL_FUNCS or t in _DIV_FUNCS) and scalar_factor(node) is not None:
             return OpKind.SCALAR
+        if t in _MUL_FUNCS and len(node.args) == 2 and not node.kwargs and all(isinstance(a, fx.Node) for a in node.args):
+            return OpKind.HADAMARD
         if t is getattr and node.args[1] in ("shape", "ndim", "dtype", "device"):
             return OpKind.SHAPE
         if t in (F.dropout, F.dropout2d):
@@ -116,6 +123,8 @@ def classify(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
             return OpKind.ADD
         if t in ("mul", "div") and scalar_factor(node) is not None:
             return OpKind.SCALAR
+        if t == "mul" and len(node.args) == 2 and not node.kwargs and all(isinstance(a, fx.Node) for a in node.args):
+            return OpKind.HADAMARD
         if t in ("size", "dim"):
             return OpKind.SHAPE
         if t in _PERMUTE_METHODS:

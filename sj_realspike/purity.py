@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import cache
 
 import onnx
-from spikingjelly.activation_based import neuron
+from spikingjelly.activation_based import layer, neuron
 
 from .lowered import LoweredDiagonalSynapse, LoweredNeuron, LoweredTernaryNeuron, LoweredUnsharedConv2d
 from .neurons import TernaryParametricLIFNode
@@ -30,7 +30,9 @@ __all__ = ["SpikeTensor", "Violation", "spike_tensors", "static_violations"]
 _SCOPES, _CLASSES = "pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy"
 _NEURONS = (neuron.BaseNode, neuron.SimpleBaseNode, LoweredNeuron)
 _TERNARY = (neuron.TernaryIFNode, neuron.TernaryLIFNode, TernaryParametricLIFNode, LoweredTernaryNeuron)
-_SYNAPSE_MODULES = (DiagonalSynapse, UnsharedConv2d, LoweredDiagonalSynapse, LoweredUnsharedConv2d)
+# Where spikes arrive: fold-made synapses, and linear filters of the model's own (SynapseFilter's
+# decay multiplies what it integrates, not an amplitude).
+_SYNAPSE_MODULES = (DiagonalSynapse, UnsharedConv2d, LoweredDiagonalSynapse, LoweredUnsharedConv2d, layer.SynapseFilter)
 _SYNAPSE_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MatMul", "MatMulInteger", "QLinearMatMul",
                 "Gemm", "Einsum"}
 _SCALING_OPS = {"Mul", "Div", "Neg", "Reciprocal", "BatchNormalization", "InstanceNormalization",
