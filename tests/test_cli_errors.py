@@ -119,6 +119,8 @@ BAD = [
     (["fold", "d.bundle", "-o", "out.bundle", "--trust", "nets"],
      r"d.bundle is a deploy bundle: it is folded already, nothing to do \(export it: sj-realspike export d.bundle"),
     (["fold", "c.bundle", "-o", "out.fifo", "--trust", "nets"], r"cannot write out.fifo: it is a FIFO \(named pipe\)"),
+    (["inspect", "out.fifo"], r"out.fifo is not a regular file"),
+    (["inspect", "c.bundle", "--trust", "nets", "--energy-plot", "adir"], r"cannot write adir: it is a directory"),
     (["frobnicate"], r"argument COMMAND: invalid choice: 'frobnicate'"),
     (["fold", "c.bundle", "-o", "out.bundle", "--no-such-flag"], r"unrecognized arguments: --no-such-flag"),
     (["demo", "--epochs", "0"], r"argument --epochs: must be at least 1, got 0 \(see sj-realspike demo --help\)"),
