@@ -104,7 +104,7 @@ def convert_model(
 
     result = capture(model, example_input, record=is_spiking_module)
     report, selected = _plan(result, config, default, _device(model, example_input))
-    layout = check_layout(input_layout, example_input, result)
+    layout = check_layout(input_layout, example_input, result, model)
     for sel in selected:
         module = model.get_submodule(sel.target)
         if sel.spec.spike == "ternary" and not is_ternary(module):
@@ -203,8 +203,13 @@ def _plan(result: CaptureResult, config: SpikeConfig, default: SpikeSpec,
 _LAYOUT_NAMES = {3: "T,N,F", 4: "T,N,C,L", 5: "T,N,C,H,W", 6: "T,N,C,D,H,W"}
 
 
-def check_layout(layout: str | None, example_input: object, result: CaptureResult) -> str | None:
-    """The validated input layout (the default for ``[T, N, …]`` multi-step inputs when ``None``).
+def check_layout(layout: str | None, example_input: object, result: CaptureResult, model: nn.Module) -> str | None:
+    """The validated input layout, or the detected one when ``None``.
+
+    Detection: a multi-step model whose example has ≥ 3 dims takes ``[T, N, …]`` unless
+    its second dim cannot change size (a capture with one more there fails: it is a
+    feature dim, as in ``[N, C, H, W]`` images repeated over time inside ``forward``);
+    then, like single-step models, ``[N, …]``.
 
     Raises:
         ValueError: the layout does not name one letter per dim of the example, or has no ``N``.
@@ -214,7 +219,7 @@ def check_layout(layout: str | None, example_input: object, result: CaptureResul
     rank = example_input.dim()
     if layout is None:
         multi = any(getattr(m, "step_mode", "s") == "m" for m in result.gm.modules() if is_neuron(m))
-        if multi and rank >= 3:
+        if multi and rank >= 3 and _dim_is_free(model, example_input, 1):
             return _LAYOUT_NAMES.get(rank, ",".join(["T", "N"] + [f"D{i}" for i in range(rank - 2)]))
         return ",".join(["N"] + [f"D{i}" for i in range(rank - 1)])
     dims = [d.strip() for d in layout.split(",")]
@@ -223,6 +228,16 @@ def check_layout(layout: str | None, example_input: object, result: CaptureResul
         raise ValueError(f"input_layout {layout!r} must name each of the {rank} dims of the example input "
                          f"{tuple(example_input.shape)} once, with exactly one 'N' (batch), e.g. 'N,C,H,W'")
     return ",".join(dims)
+
+
+def _dim_is_free(model: nn.Module, x: torch.Tensor, dim: int) -> bool:
+    """Whether ``model`` also runs on ``x`` with one more entry along ``dim`` (a batch or time dim)."""
+    grown = torch.cat([x, x.narrow(dim, 0, 1)], dim=dim)
+    try:
+        capture(model, grown)
+    except UnsupportedPatternError:
+        return False
+    return True
 
 
 def _flip_channels(sel: _Selected) -> bool:

@@ -269,6 +269,8 @@ class _Walker:
         out_shape = self._shape(node)
         terms: list[Term] = []
         for arg in node.args:
+            if isinstance(arg, (int, float)) and arg == 0:
+                continue  # `acc = 0.; acc = acc + s` (a time loop's accumulator) adds nothing
             if not isinstance(arg, fx.Node):
                 self._block(node, [a for a in node.all_input_nodes if a in self.exprs],
                             f"{describe(node, self.modules)} adds the constant {arg!r} to scaled spikes (affine, not linear)",

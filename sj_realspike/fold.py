@@ -145,7 +145,8 @@ def capture_converted(model: nn.Module, x: torch.Tensor, *,
                   "would freeze into a constant",
             "Return the module's output instead of its state (for a membrane readout, use a neuron that "
             "outputs v, or a Linear/integrator layer), then convert again")
-    batch_dims = (0, 1) if x.dim() >= 3 else (0,)
+    layout = record_of(model).get("input_layout") or ("T,N" if x.dim() >= 3 else "N")
+    batch_dims = tuple(i for i, d in enumerate(layout.split(",")) if d in ("T", "N"))
     fixed = check_generality(model, x, batch_dims, result, after=after) if generality else {}
     return result.gm, fixed, after
 

@@ -1,0 +1,178 @@
+"""convert → fold on networks written the way others write them (tests/wild.py), one test per construct.
+
+Each test checks how many neurons got an amplitude (a conversion that converts nothing must
+fail here), that the fold is bit-exact on a dyadic copy whose neurons fire, and the reasons
+given for what is skipped or refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+import torch
+import wild
+from spikingjelly.activation_based import functional, neuron
+
+import sj_realspike as rs
+from sj_realspike.spiking import amplitude_of
+from sj_realspike.testing import assert_exact_in_fp32, firing_rate, make_dyadic, run
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convs: thread hand-offs cost more than they save
+    yield
+    torch.set_num_threads(threads)
+
+
+def _convert(name: str, granularity: str = "channel", spike: str = "real", **kwargs):
+    net, x = wild.WILD[name].build()
+    model = rs.convert_model(net, x, spike=spike, granularity=granularity, **kwargs)
+    return net, x, model, rs.conversion_report(model)
+
+
+def _fold_exact(model, x) -> rs.FoldReport:
+    make_dyadic(model, x)
+    expected = assert_exact_in_fp32(model, x)
+    assert firing_rate(model, x) > 0.01, "the comparison would be vacuous: the net does not fire"
+    deploy = rs.fold(model)
+    got = run(deploy, x)
+    assert torch.equal(got, expected), f"max abs diff {(got - expected).abs().max().item()}"
+    return rs.fold_report(deploy)
+
+
+def _converted(report) -> set[str]:
+    return {c.module for c in report.converted}
+
+
+def test_rank_dependent_forward_converts_every_neuron_and_folds_exactly():
+    # MS-ResNet: `if x.ndim == 4: x = x.unsqueeze(0).repeat(T, ...)` on an [N, C, H, W] image.
+    _, x, model, report = _convert("ms_resnet")
+    assert x.dim() == 4 and len(report.converted) == report.total == 5
+    assert rs.report.record_of(model)["input_layout"] == "N,D0,D1,D2"
+    _fold_exact(model, x)
+
+
+def test_seq_to_ann_container_resnet_is_not_hollow():
+    # Official SEW-ResNet code: every synapse inside layer.SeqToANNContainer(nn.Conv2d, nn.BatchNorm2d).
+    _, x, model, report = _convert("sew_resnet_add")
+    assert _converted(report) == set(wild.WILD["sew_resnet_add"].expect)
+    assert sum(1 for _ in rs.amplitude_parameters(model)) == 6
+    fold = _fold_exact(model, x)
+    assert len(fold.scaled_synapses) >= 6
+
+
+def test_flatten_reshape_round_trip_into_linear_uses_channels_last():
+    # Spikformer's MLP: x.flatten(0, 1) -> Linear -> BN1d (transposed) -> reshape(T, B, N, C) -> LIF.
+    _, x, model, report = _convert("spikformer")
+    assert {"mlp.fc1_lif", "mlp.fc2_lif", "attn.attn_lif", "patch_embed.rpe_lif"} <= _converted(report)
+    a = amplitude_of(model.get_submodule("mlp.fc1_lif")).a
+    assert a.shape == (1, 16)  # tokens x channels: one amplitude per channel, the dim the Linear reads
+    assert tuple(amplitude_of(model.get_submodule("patch_embed.rpe_lif")).a.shape) == (8, 1, 1)  # conv layout
+    _fold_exact(model, x)
+
+
+def test_attention_matmul_folds_at_layer_granularity_and_refuses_channel_q_k():
+    _, x, model, report = _convert("spikformer", granularity="layer")
+    assert len(report.converted) == report.total == 10
+    fold = _fold_exact(model, x)
+    assert any("attn_lif" in d for d in fold.diagonal_synapses)  # q·k·v scales enter the attention membrane
+    # Channel-wise q and k: q @ kᵀ contracts the channels, and α_q(c)·α_k(c) is not constant.
+    _, _, _, report = _convert("spikformer", granularity="channel")
+    skipped = {s.module: s.reason for s in report.skipped}
+    assert set(skipped) == {"attn.q_lif", "attn.k_lif"}
+    assert all("contracts an index along which the amplitudes of both operands vary" in r for r in skipped.values())
+    with pytest.raises(rs.UnsupportedPatternError, match=r"attn\.q_lif.*contracts an index"):
+        rs.convert_model(wild.WILD["spikformer"].build()[0], x,
+                         config=rs.SpikeConfig().set_name("attn.q_lif", rs.SpikeSpec(granularity="channel")))
+
+
+def test_elementwise_spike_products_fold():
+    # QKFormer: attn_lif's spikes ⊙ k_lif's spikes; the scales multiply, exactly.
+    _, x, model, report = _convert("qkformer")
+    assert len(report.converted) == report.total == 5
+    _fold_exact(model, x)
+
+
+def test_user_time_loop_shares_one_amplitude_per_module():
+    net, x, model, report = _convert("time_loop_mlp")
+    assert report.total == 2 and report.calls == {"fc.2": 2, "fc.4": 2}  # modules, not calls
+    assert _converted(report) == {"fc.2"}
+    assert "reach the network output" in report.skipped[0].reason
+    assert [tuple(p.shape) for p in rs.amplitude_parameters(model)] == [(16,)]
+    fold = _fold_exact(model, x)
+    assert fold.fixed_input_dims == {}  # T is the model's own attribute, batch stays free
+    # The converted model is the user's class: another batch size and training mode just work.
+    assert type(model) is type(net)
+    model.train()
+    y = model(torch.rand(5, 1, 8, 8))
+    y.sum().backward()
+    assert amplitude_of(model.get_submodule("fc.2")).a.grad is not None
+
+
+def test_time_loop_over_the_input_is_recorded_as_fixed_T():
+    _, x, model, _ = _convert("time_loop_sequence")
+    fold = _fold_exact(model, x)
+    assert fold.fixed_input_dims == {0: 2}  # `for t in range(x.shape[0])` unrolled T=2 times
+    # The converted model itself still runs any T (its own forward).
+    model.eval()
+    assert model(torch.rand(3, 2, 2, 8, 8)).shape == (2, 3)
+
+
+def test_state_read_in_forward_is_refused_naming_the_module():
+    _, x, model, report = _convert("dqsn")
+    assert report.state_reads == [("fc.3", "v")]
+    assert "fc.3" in {s.module for s in report.skipped}  # NonSpikingLIF: its output is a membrane
+    with pytest.raises(rs.UnsupportedPatternError, match=r"fc\.3.*reads this module's state 'v'"):
+        rs.fold(model)
+
+
+def test_image_input_repeated_inside_forward():
+    _, x, model, report = _convert("csnn")
+    assert x.dim() == 4 and _converted(report) == {"conv_fc.2", "conv_fc.6", "conv_fc.10"}
+    assert rs.report.record_of(model)["input_layout"] == "N,D0,D1,D2"
+    assert _fold_exact(model, x).fixed_input_dims == {}
+
+
+@pytest.mark.parametrize("name, module, reason", [
+    ("ilif", "sn1", r"ILIFNode emits values \{0, 1, .*spike counts"),
+    ("ottt", "features.1", r"OTTTLIFNode returns a list of 2 values .* in training mode"),
+    ("charge_only_readout", "net.3", r"outputs real values"),
+    ("analog_surrogate", "sn1", r"real values"),
+    ("psn", "sn1", r"PSN emits spikes but is not a SpikingJelly BaseNode"),
+])
+def test_neurons_without_binary_spikes_are_skipped_with_the_reason(name, module, reason):
+    _, _, _, report = _convert(name)
+    skipped = {s.module: s.reason for s in report.skipped}
+    assert module in skipped
+    assert re.search(reason, skipped[module]), skipped[module]
+
+
+def test_a_conversion_that_converts_nothing_warns_and_says_so(caplog):
+    with caplog.at_level(logging.WARNING, logger="sj_realspike.convert"):
+        _, _, model, report = _convert("ottt")
+    assert len(report.converted) == 0
+    assert str(report).startswith("0 of 2 neurons converted, 2 skipped")
+    assert any("converted 0 of 2 neurons" in r.getMessage() for r in caplog.records)
+    assert not list(rs.amplitude_parameters(model))
+
+
+def test_converted_model_keeps_user_class_and_accepts_other_T_and_batch():
+    net, x, model, report = _convert("ms_resnet_seq")
+    assert len(report.converted) == 5
+    assert type(model) is type(net) and isinstance(model.head_lif, neuron.LIFNode)
+    model.train()
+    for T, N in ((3, 1), (1, 4)):
+        functional.reset_net(model)
+        y = model(torch.rand(T, N, *x.shape[2:]))
+        assert y.shape[-2] == N
+        y.sum().backward()
+    assert all(p.grad is not None for p in rs.amplitude_parameters(model))
+    net.eval()
+    with torch.no_grad():  # and in eval mode the image branch of the same forward
+        functional.reset_net(model)
+        model.eval()
+        assert model(torch.rand(3, 3, 16, 16)).shape[-2] == 3
