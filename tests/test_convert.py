@@ -13,7 +13,7 @@ from spikingjelly.activation_based import functional, layer, neuron, surrogate
 import sj_realspike as rs
 from sj_realspike.fold import capture_converted
 from sj_realspike.spiking import amplitude_of, base_class
-from sj_realspike.testing import run
+from sj_realspike.testing import assert_exact_in_fp32, firing_rate, make_dyadic, run, spike_values
 
 
 def amplitudes(model) -> dict[str, rs.Amplitude]:
@@ -198,16 +198,30 @@ def test_report_lists_converted_and_skipped_neurons():
 
 
 # ------------------------------------------------------------------------ refusals
-@pytest.mark.parametrize("connect,match", [("AND", r"multiplies spike tensors \(e.g. SEW 'AND'\)"),
-                                           ("IAND", r"subtracts spike tensors \(e.g. SEW 'IAND'")])
-def test_sew_and_iand_are_skipped_or_refused(connect, match):
+def test_sew_and_converts_every_neuron_and_folds_exactly():
+    """SEW 'AND' multiplies spike tensors: (α⊙A)⊙(β⊙B) = (αβ)⊙(A⊙B), which the next conv absorbs."""
     x = nets.example("m")
-    net = nets.GateNet(nets.NEURONS["IF"], connect)
+    net = nets.GateNet(nets.NEURONS["IF"], "AND")
+    functional.set_step_mode(net, "m")
+    model = rs.convert_model(net, x)
+    report = rs.conversion_report(model)
+    assert [c.module for c in report.converted] == ["stem.2", "branch.2", "head.2"] and not report.skipped
+    make_dyadic(model, x)
+    assert 0.02 < firing_rate(model, x) < 0.8
+    deploy = rs.fold(model)
+    assert torch.equal(run(deploy, x), assert_exact_in_fp32(model, x))
+    assert all(v <= {0.0, 1.0} for v in spike_values(deploy, x).values())
+
+
+def test_sew_iand_is_skipped_or_refused():
+    x = nets.example("m")
+    net = nets.GateNet(nets.NEURONS["IF"], "IAND")
     functional.set_step_mode(net, "m")
     report = rs.conversion_report(rs.convert_model(net, x))
-    assert sorted(s.module for s in report.skipped) == ["branch.2", "stem.2"]
-    assert [c.module for c in report.converted] == ["head.2"]
-    with pytest.raises(rs.UnsupportedPatternError, match=match):
+    # (1 - s) ⊙ b: not linear in s, but linear in b (its amplitude passes the product)
+    assert [s.module for s in report.skipped] == ["stem.2"]
+    assert [c.module for c in report.converted] == ["branch.2", "head.2"]
+    with pytest.raises(rs.UnsupportedPatternError, match=r"subtracts spike tensors \(e.g. SEW 'IAND'"):
         rs.convert_model(net, x, config=rs.SpikeConfig().set_name("stem.2", rs.SpikeSpec()))
 
 
