@@ -14,20 +14,22 @@ __all__ = ["Amplitude", "amplitude_shape", "amplitude_parameters"]
 
 
 def amplitude_shape(feature_shape: tuple[int, ...], granularity: Granularity,
-                    channels_last: bool = False) -> tuple[int, ...]:
+                    channels_last: bool = False, slices: int = 1) -> tuple[int, ...]:
     """Shape of ``a`` for one sample's feature shape (``(C, H, W)``, ``(F,)`` or tokens ``(L, C)``).
 
     layer → ``()``; channel → ``(C, 1, …)`` (``(1, …, C)`` with ``channels_last``: token
-    layouts whose channels a Linear reads from the last dim); element → the whole
-    feature shape. Trailing alignment makes the same ``a`` broadcast over ``[N, …]``
-    and ``[T, N, …]``.
+    layouts whose channels a Linear reads from the last dim); slice → the same with
+    ``slices`` in place of ``C`` (expanded to the channels by `Amplitude.full`); element →
+    the whole feature shape. Trailing alignment makes the same ``a`` broadcast over
+    ``[N, …]`` and ``[T, N, …]``.
     """
     if granularity == "layer" or not feature_shape:
         return ()
-    if granularity == "channel":
+    if granularity in ("channel", "slice"):
+        channels = slices if granularity == "slice" else (feature_shape[-1] if channels_last else feature_shape[0])
         if channels_last:
-            return (1,) * (len(feature_shape) - 1) + (feature_shape[-1],)
-        return (feature_shape[0],) + (1,) * (len(feature_shape) - 1)
+            return (1,) * (len(feature_shape) - 1) + (channels,)
+        return (channels,) + (1,) * (len(feature_shape) - 1)
     return tuple(feature_shape)
 
 
@@ -72,21 +74,32 @@ class Amplitude(nn.Module, base.StepModule):
     """
 
     def __init__(self, shape: tuple[int, ...], granularity: Granularity, init: float = 1.0,
-                 spike: str = "real") -> None:
+                 spike: str = "real", repeat: int = 1, repeat_dim: int = 0) -> None:
         super().__init__()
         self.a = nn.Parameter(torch.full(shape, float(init)))
         self.granularity = granularity
         self.spike = spike
+        self.repeat = repeat  # slice granularity: each entry of `a` covers this many consecutive channels
+        self.repeat_dim = repeat_dim  # ... along this dim of `a`
         self._step_mode = "s"
 
+    def full(self, a: torch.Tensor | None = None) -> torch.Tensor:
+        """``a`` (or a tensor of its shape) as it multiplies the spikes: slices expanded to channels."""
+        a = self.a if a is None else a
+        if self.repeat == 1:
+            return a
+        return a.repeat_interleave(self.repeat, dim=self.repeat_dim)
+
     def forward(self, spikes: torch.Tensor) -> torch.Tensor:
-        a = self.a if self.a.dtype == spikes.dtype else self.a.to(spikes.dtype)
+        a = self.full()
+        a = a if a.dtype == spikes.dtype else a.to(spikes.dtype)
         if torch.is_grad_enabled() and (spikes.requires_grad or a.requires_grad):
             return _ScaleSpikes.apply(spikes, a)
         return spikes * a
 
     def extra_repr(self) -> str:
-        return f"shape={tuple(self.a.shape)}, granularity={self.granularity}, spike={self.spike}"
+        repeat = f", repeat={self.repeat}" if self.repeat != 1 else ""
+        return f"shape={tuple(self.a.shape)}, granularity={self.granularity}, spike={self.spike}{repeat}"
 
 
 def amplitude_parameters(model: nn.Module) -> Iterator[nn.Parameter]:

@@ -22,7 +22,7 @@ from .errors import ConfigError
 __all__ = ["SpikeKind", "Granularity", "SpikeSpec", "SpikeConfig", "RuleSource", "shipped_recipes"]
 
 SpikeKind = Literal["real", "ternary"]
-Granularity = Literal["layer", "channel", "element"]
+Granularity = Literal["layer", "channel", "slice", "element"]
 RuleSource = Literal["default", "global", "type", "regex", "name"]
 
 _SPIKE_KINDS = get_args(SpikeKind)
@@ -33,12 +33,17 @@ _GRANULARITIES = get_args(Granularity)
 class SpikeSpec:
     """What to do with one neuron: spike kind, amplitude granularity and initial amplitude.
 
-    Any field left ``None`` is taken from `convert_model`'s arguments.
+    ``granularity="slice"`` splits the channels into ``slices`` equal consecutive groups
+    with one amplitude each: q, k and v computed by one neuron of ``3·C`` channels
+    (``slices=3``) then each get their own scalar, which folds through ``q @ kᵀ`` where
+    per-channel amplitudes cannot. Any field left ``None`` is taken from `convert_model`'s
+    arguments (``slices`` defaults to 3).
     """
 
     spike: SpikeKind | None = None
     granularity: Granularity | None = None
     init: float | None = None
+    slices: int | None = None
 
     def __post_init__(self) -> None:
         if self.spike is not None and self.spike not in _SPIKE_KINDS:
@@ -49,6 +54,9 @@ class SpikeSpec:
             )
         if self.init is not None and not isinstance(self.init, (int, float)):
             raise ConfigError(f"init must be a number, got {self.init!r}")
+        if self.slices is not None and (not isinstance(self.slices, int) or isinstance(self.slices, bool)
+                                        or self.slices < 1):
+            raise ConfigError(f"slices must be a positive integer, got {self.slices!r}")
 
     def filled(self, default: SpikeSpec) -> SpikeSpec:
         """This spec with its unset fields taken from ``default``."""
@@ -222,19 +230,18 @@ class SpikeConfig:
 def _rule_from_table(table: Any, where: str) -> Rule:
     if not isinstance(table, dict):
         raise ConfigError(f"recipe {where}: expected a table, got {table!r}")
-    unknown = set(table) - {"spike", "granularity", "init", "skip"}
+    unknown = set(table) - {"spike", "granularity", "init", "slices", "skip"}
     if unknown:
         raise ConfigError(
-            f"recipe {where}: unknown key(s) {sorted(unknown)}; expected spike, granularity, init, skip"
+            f"recipe {where}: unknown key(s) {sorted(unknown)}; expected spike, granularity, init, slices, skip"
         )
     if table.get("skip", False):
         if len(table) > 1:
             raise ConfigError(f"recipe {where}: 'skip = true' cannot be combined with other keys")
         return None
     try:
-        return SpikeSpec(
-            spike=table.get("spike"), granularity=table.get("granularity"), init=table.get("init")
-        )
+        return SpikeSpec(spike=table.get("spike"), granularity=table.get("granularity"), init=table.get("init"),
+                         slices=table.get("slices"))
     except ConfigError as e:
         raise ConfigError(f"recipe {where}: {e}") from None
 

@@ -10,6 +10,7 @@ user trains runs its own ``forward``.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -166,8 +167,13 @@ def _plan(result: CaptureResult, config: SpikeConfig, default: SpikeSpec,
             _skip_or_raise(report, target, module, rule, reason)
             continue
         features = tuple(nodes[0].meta["tensor_meta"].shape[neuron_batch_dims(module):])
-        last = spec.granularity == "channel" and len(features) > 1 and _first_synapse(nodes[0], modules) is OpKind.LINEAR
-        amp = Amplitude(amplitude_shape(features, spec.granularity, last), spec.granularity, spec.init).to(device)
+        last = spec.granularity in ("channel", "slice") and _reads_last_dim(nodes[0], features, modules)
+        amp = _amplitude(features, spec, last)
+        if amp is None:
+            _skip_or_raise(report, target, module, rule, f"its {features[-1 if last else 0]} channels do not split "
+                                                         f"into {spec.slices or 3} equal slices")
+            continue
+        amp = amp.to(device)
         sel = _Selected(target, spec, rule, amp)
         sel.amp_target, sel.amp_nodes = insert_amplitude(gm, nodes, amp, target)
         selected.append(sel)
@@ -240,24 +246,45 @@ def _dim_is_free(model: nn.Module, x: torch.Tensor, dim: int) -> bool:
     return True
 
 
+def _amplitude(features: tuple[int, ...], spec: SpikeSpec, channels_last: bool) -> Amplitude | None:
+    """A fresh amplitude for a neuron with these feature dims (``None``: the slices do not divide the channels)."""
+    if spec.granularity != "slice" or not features:
+        return Amplitude(amplitude_shape(features, spec.granularity, channels_last), spec.granularity, spec.init)
+    slices = spec.slices or 3
+    channels = features[-1] if channels_last else features[0]
+    if channels % slices:
+        return None
+    shape = amplitude_shape(features, "slice", channels_last, slices)
+    return Amplitude(shape, "slice", spec.init, repeat=channels // slices,
+                     repeat_dim=len(shape) - 1 if channels_last else 0)
+
+
 def _flip_channels(sel: _Selected) -> bool:
-    """Give a channel amplitude of a rank ≥ 2 feature map the other channel dim (first ↔ last)."""
+    """Give a channel (or slice) amplitude of a rank ≥ 2 feature map the other channel dim (first ↔ last)."""
     shape = tuple(sel.amplitude.a.shape)
-    if sel.spec.granularity != "channel" or len(shape) < 2:
+    if sel.spec.granularity not in ("channel", "slice") or len(shape) < 2:
         return False
     features = tuple(sel.amp_nodes[0].meta["tensor_meta"].shape[-len(shape):])
-    last = shape[-1] > 1 or (shape[0] == 1 and features[0] > 1)
-    flipped = amplitude_shape(features, "channel", channels_last=not last)
-    sel.amplitude.a = nn.Parameter(torch.full(flipped, float(sel.spec.init), device=sel.amplitude.a.device))
+    last = sel.amplitude.repeat_dim == len(shape) - 1 if sel.spec.granularity == "slice" \
+        else (shape[-1] > 1 or (shape[0] == 1 and features[0] > 1))
+    flipped = _amplitude(features, sel.spec, not last)
+    if flipped is None:
+        return False
+    sel.amplitude.a = nn.Parameter(torch.full(tuple(flipped.a.shape), float(sel.spec.init),
+                                              device=sel.amplitude.a.device))
+    sel.amplitude.repeat, sel.amplitude.repeat_dim = flipped.repeat, flipped.repeat_dim
     return True
 
 
-def _first_synapse(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind | None:
-    """The kind of the first conv/linear layer the spikes of ``node`` reach (``None``: none before a neuron).
+def _reads_last_dim(node: fx.Node, features: tuple[int, ...], modules: dict[str, nn.Module]) -> bool:
+    """Whether the first synapse the spikes of ``node`` reach is a Linear reading their last feature dim.
 
     Decides which dim a channel-wise amplitude scales: a conv reads channels from the
-    first feature dim, a Linear from the last (token layouts ``[T, N, L, C]``).
+    first feature dim, so does a Linear on flattened features; a Linear whose inputs are
+    exactly the last dim (token layouts ``[T, N, L, C]``) reads channels there.
     """
+    if len(features) < 2:
+        return False
     frontier, seen = list(node.users), set()
     while frontier:
         n = frontier.pop(0)
@@ -265,11 +292,13 @@ def _first_synapse(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind | Non
             continue
         seen.add(n)
         kind = classify(n, modules)
-        if kind in (OpKind.CONV, OpKind.LINEAR):
-            return kind
+        if kind is OpKind.CONV:
+            return False
+        if kind is OpKind.LINEAR:
+            return modules[n.target].in_features == features[-1] != math.prod(features)
         if kind not in (OpKind.NEURON, OpKind.OUTPUT):
             frontier.extend(n.users)
-    return None
+    return False
 
 
 def _device(model: nn.Module, example_input: object) -> torch.device:

@@ -194,7 +194,7 @@ class _Walker:
         amp: Amplitude = self.modules[node.target]
         spikes = node.args[0]
         batch_dims = neuron_batch_dims(self.modules[spikes.target])
-        scale = amp.a.detach().double() if self.check_values else _generic(amp.a.shape, node.target)
+        scale = amp.full(amp.a.detach().double() if self.check_values else _generic(amp.a.shape, node.target))
         self.exprs[node] = (Term(spikes, self._shape(spikes), scale, batch_dims, (node,)),)
 
     # ------------------------------------------------------------ linear ops

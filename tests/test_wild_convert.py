@@ -176,3 +176,19 @@ def test_converted_model_keeps_user_class_and_accepts_other_T_and_batch():
         functional.reset_net(model)
         model.eval()
         assert model(torch.rand(3, 3, 16, 16)).shape[-2] == 3
+
+
+def test_fused_qkv_neuron_folds_with_one_amplitude_per_slice():
+    # One LIF of 3C channels gives q, k and v (reshape + chunk): per-channel amplitudes cannot
+    # factor out of q @ kᵀ, one amplitude per q/k/v slice can.
+    _, _, _, report = _convert("fused_qkv_attention")
+    assert {s.module for s in report.skipped} == {"attn.qkv_lif"}
+    config = rs.SpikeConfig().set_name("attn.qkv_lif", rs.SpikeSpec(granularity="slice", slices=3))
+    _, x, model, report = _convert("fused_qkv_attention", config=config)
+    assert len(report.converted) == report.total == 4
+    amp = amplitude_of(model.get_submodule("attn.qkv_lif"))
+    assert amp.a.shape == (3, 1) and amp.full().shape == (24, 1)
+    _fold_exact(model, x)
+    with pytest.raises(rs.UnsupportedPatternError, match=r"do not split into 5 equal slices"):
+        _convert("fused_qkv_attention",
+                 config=rs.SpikeConfig().set_name("attn.qkv_lif", rs.SpikeSpec(granularity="slice", slices=5)))
