@@ -215,7 +215,9 @@ def check_layout(layout: str | None, example_input: object, result: CaptureResul
     Detection: a multi-step model whose example has ≥ 3 dims takes ``[T, N, …]`` unless
     its second dim cannot change size (a capture with one more there fails: it is a
     feature dim, as in ``[N, C, H, W]`` images repeated over time inside ``forward``);
-    then, like single-step models, ``[N, …]``.
+    a single-step model with a time loop in ``forward`` takes ``[T, N, …]`` if one more
+    entry along the first dim means more neuron calls (the loop runs over it); otherwise
+    ``[N, …]``.
 
     Raises:
         ValueError: the layout does not name one letter per dim of the example, or has no ``N``.
@@ -225,8 +227,14 @@ def check_layout(layout: str | None, example_input: object, result: CaptureResul
     rank = example_input.dim()
     if layout is None:
         multi = any(getattr(m, "step_mode", "s") == "m" for m in result.gm.modules() if is_neuron(m))
-        if multi and rank >= 3 and _dim_is_free(model, example_input, 1):
-            return _LAYOUT_NAMES.get(rank, ",".join(["T", "N"] + [f"D{i}" for i in range(rank - 2)]))
+        sequence = _LAYOUT_NAMES.get(rank, ",".join(["T", "N"] + [f"D{i}" for i in range(rank - 2)]))
+        if multi and rank >= 3 and _grown(model, example_input, 1) is not None:
+            return sequence
+        if not multi and result.calls and rank >= 2:
+            # A time loop in forward: over the input's first dim if growing it adds calls.
+            grown = _grown(model, example_input, 0)
+            if grown is not None and grown.calls != result.calls and _grown(model, example_input, 1) is not None:
+                return sequence
         return ",".join(["N"] + [f"D{i}" for i in range(rank - 1)])
     dims = [d.strip() for d in layout.split(",")]
     if len(dims) != rank or dims.count("N") != 1 or dims.count("T") > 1 or len(set(dims)) != len(dims) \
@@ -236,14 +244,12 @@ def check_layout(layout: str | None, example_input: object, result: CaptureResul
     return ",".join(dims)
 
 
-def _dim_is_free(model: nn.Module, x: torch.Tensor, dim: int) -> bool:
-    """Whether ``model`` also runs on ``x`` with one more entry along ``dim`` (a batch or time dim)."""
-    grown = torch.cat([x, x.narrow(dim, 0, 1)], dim=dim)
+def _grown(model: nn.Module, x: torch.Tensor, dim: int) -> CaptureResult | None:
+    """The capture of ``model`` on ``x`` with one more entry along ``dim`` (``None``: it does not run)."""
     try:
-        capture(model, grown)
+        return capture(model, torch.cat([x, x.narrow(dim, 0, 1)], dim=dim))
     except UnsupportedPatternError:
-        return False
-    return True
+        return None
 
 
 def _amplitude(features: tuple[int, ...], spec: SpikeSpec, channels_last: bool) -> Amplitude | None:

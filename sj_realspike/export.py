@@ -18,18 +18,18 @@ from spikingjelly.activation_based import functional
 from .atomic import atomic_write
 from .errors import RealSpikeError
 from .fold import NotConvertedWarning, fold
+from .layout import InputLayout, input_layout_of
 from .lowering import lower_for_export, step_mode_of
 from .neurons import is_neuron, is_ternary
 from .report import record_of
 from .state import copy_model
 
-__all__ = ["METADATA_PREFIX", "ExportError", "as_deploy_model", "export_onnx", "input_layout", "model_fingerprint",
+__all__ = ["METADATA_PREFIX", "ExportError", "as_deploy_model", "export_onnx", "model_fingerprint",
            "spike_kinds"]
 
 logger = logging.getLogger(__name__)
 
 METADATA_PREFIX = "sj_realspike."
-_LAYOUTS = {3: "T,N,F", 4: "T,N,C,L", 5: "T,N,C,H,W", 6: "T,N,C,D,H,W"}
 
 
 class ExportError(RealSpikeError, RuntimeError):
@@ -74,11 +74,6 @@ def as_deploy_model(model: nn.Module, example_input: torch.Tensor, *, announce: 
 def spike_kinds(model: nn.Module) -> str:
     """``"binary"``, ``"ternary"`` or ``"binary+ternary"``: the spikes the neurons of ``model`` emit."""
     return "+".join(sorted({"ternary" if is_ternary(m) else "binary" for m in model.modules() if is_neuron(m)}))
-
-
-def input_layout(x: torch.Tensor) -> str:
-    """The layout name recorded for an input sequence, e.g. ``"T,N,C,H,W"``."""
-    return _LAYOUTS.get(x.dim(), "T,N,...")
 
 
 def model_fingerprint(deploy_model: nn.Module, time_steps: int, layout: str) -> str:
@@ -146,20 +141,26 @@ def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_i
         UnsupportedPatternError: the model cannot be folded or lowered (names the node).
         ExportError: the exporter or the ONNX checker failed.
     """
-    mode = step_mode_of(deploy_model)
-    x = _check_example(deploy_model, example_input, mode)
-    model = as_deploy_model(deploy_model, x if mode == "m" else x[0])
-    layout = input_layout(x)
-    fingerprint = model_fingerprint(model, x.shape[0], layout)  # before lowering, which renames weights
-    lowered = lower_for_export(model, x)
-    proto = _export(lowered, x, opset, dynamic_batch)
+    x = _check_example(example_input)
+    layout = input_layout_of(deploy_model, x)
+    layout.check(x, record_of(deploy_model).get("example_shape"))
+    model = as_deploy_model(deploy_model, x[0] if layout.per_step else x)
+    layout = input_layout_of(model, x)  # fold may have found dims the graph is specialized to
+    layout.check(x, None)
+    fingerprint = model_fingerprint(model, layout.time_steps(x), layout.name)  # before lowering renames weights
+    lowered = lower_for_export(model, x, per_step=layout.per_step)
+    if dynamic_batch and layout.batch_dim in layout.fixed:
+        logger.warning("the deploy graph is specialized to batch size %d (its forward depends on it): exporting "
+                       "a fixed batch", x.shape[layout.batch_dim])
+        dynamic_batch = False
+    proto = _export(lowered, x, opset, dynamic_batch, layout)
     from . import __version__  # at call time: the package sets it after importing this module
 
     metadata = {
         "spike": spike_kinds(model),
-        "time_steps": str(x.shape[0]),
-        "input_layout": layout,
-        "step_mode": mode,
+        "time_steps": layout.time_steps(x),
+        "input_layout": layout.name,
+        "step_mode": step_mode_of(model),
         "version": __version__,
         "fingerprint": fingerprint,
     }
@@ -169,30 +170,23 @@ def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_i
     return atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))
 
 
-def _check_example(model: nn.Module, example_input: torch.Tensor, mode: str) -> torch.Tensor:
+def _check_example(example_input: torch.Tensor) -> torch.Tensor:
     if not isinstance(example_input, torch.Tensor):
         raise TypeError(f"example_input must be a torch.Tensor [T, N, ...], got {type(example_input).__name__}")
-    if not example_input.is_floating_point() or example_input.dim() < 3:
+    if not example_input.is_floating_point() or example_input.dim() < 2:
         raise ValueError(
-            f"example_input must be a float tensor [T, N, features...] (the whole time sequence), "
-            f"got {example_input.dtype} of shape {tuple(example_input.shape)}")
-    x = example_input.detach().to(torch.float32)
-    recorded = record_of(model).get("example_shape")  # the conversion example: [T, N, ...] ('m') or [N, ...] ('s')
-    if recorded is not None:
-        features = tuple(recorded)[2:] if mode == "m" else tuple(recorded)[1:]
-        if tuple(x.shape[2:]) != features:
-            raise ValueError(
-                f"example_input has shape {tuple(x.shape)}, but this {'multi' if mode == 'm' else 'single'}-step "
-                f"model was converted for inputs {tuple(recorded)}: pass the whole time sequence "
-                f"[T, N, {', '.join(map(str, features))}]")
-    return x
+            f"example_input must be a float tensor: the whole time sequence [T, N, features...], or one call's "
+            f"input in the layout the model was converted with; got {example_input.dtype} of shape "
+            f"{tuple(example_input.shape)}")
+    return example_input.detach().to(torch.float32)
 
 
-def _export(lowered: fx.GraphModule, x: torch.Tensor, opset: int | None, dynamic_batch: bool) -> onnx.ModelProto:
-    trace_x = x
-    if dynamic_batch and x.shape[1] == 1:
-        trace_x = x.expand(x.shape[0], 2, *x.shape[2:]).contiguous()  # batch 1 would be specialized
-    dynamic_shapes = ({1: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+def _export(lowered: fx.GraphModule, x: torch.Tensor, opset: int | None, dynamic_batch: bool,
+            layout: InputLayout) -> onnx.ModelProto:
+    trace_x, b = x, layout.batch_dim
+    if dynamic_batch and x.shape[b] == 1:  # batch 1 would be specialized
+        trace_x = torch.cat([x, x], dim=b)
+    dynamic_shapes = ({b: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")

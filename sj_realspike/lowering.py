@@ -65,7 +65,7 @@ def step_mode_of(model: nn.Module) -> str:
 
 
 def lower_for_export(model: fx.GraphModule, example_input: torch.Tensor, *,
-                     inplace: bool = False) -> fx.GraphModule:
+                     inplace: bool = False, per_step: bool | None = None) -> fx.GraphModule:
     """The deploy graph rewritten for ``torch.onnx.export``; same function of the input sequence.
 
     Args:
@@ -73,6 +73,10 @@ def lower_for_export(model: fx.GraphModule, example_input: torch.Tensor, *,
         example_input: the whole input sequence ``[T, N, …]``, in both step modes;
             used once to record shapes (and ``T`` for single-step models).
         inplace: rewrite ``model`` itself instead of a deep copy.
+        per_step: one call of ``model`` is one time step (default: its neurons are
+            single-step). ``False`` for a single-step model whose ``forward`` loops over
+            time itself: its neurons then keep SpikingJelly's forward, called once per step
+            by the model, and ``example_input`` is one call's input.
 
     Returns:
         An eval-mode ``GraphModule`` taking ``[T, N, …]`` and returning what the deploy
@@ -95,8 +99,9 @@ def lower_for_export(model: fx.GraphModule, example_input: torch.Tensor, *,
             "into a synapse, and fold could not move the factor into the synapse's weights exactly (e.g. a "
             "negative factor before max pooling), so the exported graph would not be binary/ternary",
             "Apply the factor after the pooling or to the synapse's weights, or keep it non-negative")
+    per_step = mode == "s" if per_step is None else per_step
     steps = int(example_input.shape[0])
-    propagate_shapes(gm, example_input if mode == "m" else example_input[0])
+    propagate_shapes(gm, example_input[0] if per_step else example_input)
     modules = dict(gm.named_modules())
     replaced: dict[str, nn.Module] = {}
     kept: list[str] = []
@@ -107,7 +112,10 @@ def lower_for_export(model: fx.GraphModule, example_input: torch.Tensor, *,
         new: nn.Module | None = None
         if is_neuron(m):
             reason = unsupported_neuron_reason(m)
-            if reason is None:
+            if mode == "s" and not per_step:
+                if node.target not in kept:  # called once per step by the model's own time loop
+                    kept.append(node.target)
+            elif reason is None:
                 new = lower_neuron(m, time_steps=steps if mode == "s" else None)
             elif mode == "s":
                 raise UnsupportedPatternError(
@@ -130,14 +138,14 @@ def lower_for_export(model: fx.GraphModule, example_input: torch.Tensor, *,
     for node in gm.graph.nodes:
         if node.op == "call_module" and node.target in replaced:
             _record_module_class(node, type(replaced[node.target]))
-    if mode == "s":
+    if per_step:
         _flatten_time(gm, steps)
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
     gm.eval()
     gm.meta[META_KEY] = {**gm.meta.get(META_KEY, {}), "stage": "lowered", "step_mode": mode,
-                         "time_steps": steps, "kept_neurons": kept}
+                         "time_steps": steps if per_step or mode == "m" else None, "kept_neurons": kept}
     return gm
 
 

@@ -187,7 +187,10 @@ def spike_tensors(model: onnx.ModelProto) -> list[SpikeTensor]:
 
 
 def static_violations(model: onnx.ModelProto, spikes: list[SpikeTensor] | None = None) -> list[Violation]:
-    """Ops that scale spikes between a neuron and the synapse that consumes them (empty: pure).
+    """Ops that scale spikes between a neuron and the synapse or membrane that consumes them (empty: pure).
+
+    Scaling on the way to the graph output only (a firing rate divided by ``T``) is the
+    model's read-out, not an unfolded amplitude, and is not reported.
 
     Args:
         model: an exported model.
@@ -210,20 +213,24 @@ def static_violations(model: onnx.ModelProto, spikes: list[SpikeTensor] | None =
             # The neuron's output itself is scaled by a constant: an amplitude attributed to the neuron module.
             violations.append(Violation(s.neuron, nodes[i].name, nodes[i].op_type, scopes[i].path, scopes[i].cls))
             continue
-        frontier, seen = [s.value], set()
+        # A scaling op is a violation only if its result goes on into a synapse or a membrane:
+        # the model's own read-out arithmetic on its way to the output (a rate `/ T`) is not an amplitude.
+        frontier: list[tuple[str, Violation | None]] = [(s.value, None)]
+        seen: set[tuple[int, Violation | None]] = set()
         while frontier:
-            value = frontier.pop()
+            value, pending = frontier.pop()
             for i in readers.get(value, []):
-                if i in seen:
+                if (i, pending) in seen:
                     continue
-                seen.add(i)
+                seen.add((i, pending))
                 node, scope = nodes[i], scopes[i]
                 if scope.neuron is not None or scope.synapse or node.op_type in _SYNAPSE_OPS:
-                    continue  # a membrane or a synapse: the spikes arrived
-                if node.op_type in _SCALING_OPS and not set(node.output) <= logic:
-                    violations.append(Violation(s.neuron, node.name, node.op_type, scope.path, scope.cls))
+                    if pending is not None and pending not in violations:
+                        violations.append(pending)  # scaled spikes arrived at a membrane or a synapse
                     continue
-                frontier.extend(node.output)
+                if pending is None and node.op_type in _SCALING_OPS and not set(node.output) <= logic:
+                    pending = Violation(s.neuron, node.name, node.op_type, scope.path, scope.cls)
+                frontier.extend((out, pending) for out in node.output)
     return violations
 
 

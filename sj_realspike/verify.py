@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional
 
-from .export import METADATA_PREFIX, as_deploy_model, input_layout, model_fingerprint, spike_kinds
+from .export import METADATA_PREFIX, as_deploy_model, model_fingerprint, spike_kinds
+from .layout import input_layout_of
 from .lowering import step_mode_of
 from .neurons import is_neuron
 from .purity import SpikeTensor, Violation, spike_tensors, static_violations
@@ -236,7 +237,7 @@ def exciting_input(model: nn.Module, shape: Sequence[int], *, seed: int = 0,
         ``(x, scale)``.
     """
     base = torch.rand(tuple(shape), generator=torch.Generator().manual_seed(seed))
-    steps = step_mode_of(model) == "s"
+    steps = input_layout_of(model, base).per_step
     names = [name for name, m in model.named_modules() if is_neuron(m)]
     best = (-1, float(scales[0]))
     for scale in scales:
@@ -300,19 +301,24 @@ def verify(model: nn.Module, onnx_path: str | os.PathLike[str], x: torch.Tensor 
     path = os.fspath(onnx_path)
     proto = onnx.load(path)
     runner = OnnxRunner(path)
-    mode = step_mode_of(model)
-    shape = _default_shape(runner, model, mode) if x is None else tuple(np.shape(x))
-    _check_features(model, shape, mode)
+    if x is not None:
+        x = torch.as_tensor(x)
+        runner.check_input(x.detach().cpu().numpy())  # before any work: a wrong input is an error, not a FAIL
+    shape = _default_shape(runner, model) if x is None else tuple(x.shape)
     example = torch.zeros(shape)
-    deploy = as_deploy_model(model, example if mode == "m" else example[0], announce=False)
+    layout = input_layout_of(model, example)
+    try:
+        layout.check(example, record_of(model).get("example_shape"))
+    except ValueError as e:
+        raise ValueError(f"{e} (is the ONNX file this model's export?)") from None
+    deploy = as_deploy_model(model, example[0] if layout.per_step else example, announce=False)
+    layout = input_layout_of(deploy, example)
     trained = None if _stage(model) == "deploy" else model
-    steps = mode == "s"
+    steps = layout.per_step
     scale = None
     if x is None:
         x, scale = exciting_input(deploy, shape, seed=seed)
-    x = torch.as_tensor(x)
     x_np = x.detach().cpu().numpy()
-    runner.check_input(x_np)
 
     outputs: dict[str, torch.Tensor] = {}
     if trained is not None:
@@ -335,9 +341,9 @@ def verify(model: nn.Module, onnx_path: str | os.PathLike[str], x: torch.Tensor 
             else f"fires the most neurons of {tried}")
     pairs = [("trained", "deploy"), ("deploy", "onnx"), ("trained", "onnx")]
     report.comparisons = [_compare(r, c, outputs[r], outputs[c]) for r, c in pairs if r in outputs]
-    report.fingerprint = model_fingerprint(deploy, shape[0], input_layout(example))
-    report.provenance, report.file_fingerprint = _provenance(proto, deploy, report.fingerprint, shape,
-                                                             input_layout(example))
+    report.fingerprint = model_fingerprint(deploy, layout.time_steps(example), layout.name)
+    report.provenance, report.file_fingerprint = _provenance(proto, deploy, report.fingerprint,
+                                                             layout.time_steps(example), layout.name)
 
     spikes = spike_tensors(proto)
     report.violations = static_violations(proto, spikes)
@@ -361,25 +367,18 @@ def _stage(model: nn.Module) -> str | None:
     return record_of(model).get("stage")
 
 
-def _default_shape(runner: OnnxRunner, model: nn.Module, mode: str) -> tuple[int, ...]:
+def _default_shape(runner: OnnxRunner, model: nn.Module) -> tuple[int, ...]:
     """The ONNX input shape; a dynamic batch takes the model's conversion batch size (else 2)."""
-    example = record_of(model).get("example_shape")
-    batch = int(example[1 if mode == "m" else 0]) if example else 2
+    record = record_of(model)
+    example, layout = record.get("example_shape"), record.get("input_layout")
+    batch = 2
+    if example:
+        index = layout.split(",").index("N") if layout else (1 if step_mode_of(model) == "m" else 0)
+        batch = int(example[index])
     return tuple(d if isinstance(d, int) and d > 0 else batch for d in runner.input_shape)
 
 
-def _check_features(model: nn.Module, shape: tuple[int, ...], mode: str) -> None:
-    recorded = record_of(model).get("example_shape")
-    if recorded is None:
-        return
-    features = tuple(recorded)[2:] if mode == "m" else tuple(recorded)[1:]
-    if tuple(shape[2:]) != features:
-        raise ValueError(f"the input has shape {list(shape)}, but the model was converted for inputs "
-                         f"{list(recorded)}: the input must be [T, N, {', '.join(map(str, features))}] "
-                         "(is the ONNX file this model's export?)")
-
-
-def _provenance(proto: onnx.ModelProto, deploy: nn.Module, fingerprint: str, shape: tuple[int, ...],
+def _provenance(proto: onnx.ModelProto, deploy: nn.Module, fingerprint: str, time_steps: str,
                 layout: str) -> tuple[list[str], str | None]:
     """Why the ONNX file was not exported from ``deploy`` (empty: it was), and the file's fingerprint."""
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -390,8 +389,8 @@ def _provenance(proto: onnx.ModelProto, deploy: nn.Module, fingerprint: str, sha
         problems.append(f"ONNX file was exported from a different model: its spikes are {file_kind}, "
                         f"this model's are {kind}")
     file_t = meta.get(METADATA_PREFIX + "time_steps")
-    if file_t is not None and file_t != str(shape[0]):
-        problems.append(f"ONNX file records T={file_t}, but its graph takes T={shape[0]}")
+    if file_t is not None and file_t != time_steps:
+        problems.append(f"ONNX file records T={file_t}, but its graph takes T={time_steps}")
     file_layout = meta.get(METADATA_PREFIX + "input_layout")
     if file_layout is not None and file_layout != layout:
         problems.append(f"ONNX file records input layout {file_layout}, the input is {layout}")
