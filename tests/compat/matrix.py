@@ -1,18 +1,26 @@
-"""SpikingJelly zoo compatibility matrix: convert → forward/backward → fold → export → verify.
+"""SpikingJelly compatibility matrix: convert → forward/backward → fold → export → verify.
 
-Each cell ends as ``pass`` (verify: ONNX bit-identical to the deploy model on a dyadic
-version of the net, 100 % spike purity), ``refused`` (a clear error naming the node,
-e.g. a network torch.fx cannot trace) or ``fail`` (anything else: a bug). Neurons
-skipped at conversion are counted in the notes.
+Each cell ends as ``pass`` (verify: ONNX bit-identical to the deploy model and to the trained
+model on a dyadic version of the net, 100 % spike purity), ``refused`` (a clear error naming
+the node) or ``fail`` (anything else: a bug). Every cell records how many neuron modules
+convert found and converted, and why the others were skipped.
 
-Writes the markdown table kept in docs/compatibility.md:
+Three tables, written to docs/compatibility.md with a per-family summary line on top:
 
-    python tests/compat/matrix.py --out docs/compatibility.md [--step-modes m s] [--jobs 2]
+- ``models``: every factory and model class of ``spikingjelly.activation_based.model``
+  (`zoo_models.MODEL_CASES`), smallest configs, LIF, real spikes, channel granularity;
+- ``wild``: networks written by others (`wild_cases.WILD_CASES`: tests/wild.py, SpikingJelly's
+  example scripts, every SpikingJelly neuron type swapped into a small conv net), same settings;
+- ``zoo``: 10 zoo models × IF/LIF/PLIF × real/ternary × layer/channel/element × step modes.
+
+    python tests/compat/matrix.py --out docs/compatibility.md [--tables models wild zoo] [--step-modes m s] [--jobs 2]
 
 Cells run in ``--jobs`` worker processes (one torch thread each; the ONNX export that
 dominates a cell is single-threaded Python), replaced every four cells to bound their
-memory. Every finished cell is appended to a JSON-lines log (``--log``, default: the output path with ``.jsonl``), and a rerun
-skips the cells already there, so an interrupted run resumes where it stopped.
+memory; a cell that runs longer than ``--cell-timeout`` seconds ends as ``fail``. Every
+finished cell is appended to a JSON-lines log (``--log``, default: the output path with
+``.jsonl``), and a rerun skips the cells already there, so an interrupted run resumes where
+it stopped; the markdown is written from every logged cell of the tables, run now or before.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import itertools
 import json
 import multiprocessing
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -37,8 +46,11 @@ from spikingjelly.activation_based.model import (ms_resnet, parametric_lif_net, 
                                                   spiking_vgg)
 
 import sj_realspike as rs
+from cases import FAMILIES, Case
 from sj_realspike.atomic import atomic_write
 from sj_realspike.testing import make_dyadic
+from wild_cases import NOT_SWAPPED, WILD_CASES
+from zoo_models import MODEL_CASES
 
 NEURONS = {"IF": (neuron.IFNode, {}), "LIF": (neuron.LIFNode, {"tau": 2.0}),
            "PLIF": (neuron.ParametricLIFNode, {"init_tau": 2.0})}
@@ -54,6 +66,9 @@ MODELS = {
     "ms_resnet18": lambda sn, kw: ms_resnet.ms_resnet18(spiking_neuron=sn, num_classes=10, **kw),
     "spikformer_cifar10": lambda sn, kw: spikformer.spikformer_cifar10(T=2, num_classes=10, spiking_neuron=sn, **kw),
 }
+CASES: dict[str, dict[str, Case]] = {"models": {c.name: c for c in MODEL_CASES},
+                                     "wild": {c.name: c for c in WILD_CASES}}
+TABLES = ("models", "wild", "zoo")  # the order they run in and appear in
 
 
 @dataclass
@@ -63,45 +78,75 @@ class Cell:
     spike: str
     granularity: str
     step_mode: str
+    table: str = "zoo"
     status: str = ""
-    note: str = ""
+    note: str = ""  # the error (refused/fail) or what verify found wrong
     seconds: float = 0.0
+    converted: int | None = None  # neuron modules given an amplitude (None: convert raised)
+    total: int | None = None  # neuron modules convert found
+    skipped: str = ""  # `skipped_note` of the neurons convert skipped
+    silent: int = 0  # deploy neurons that never fired in verify (their synapses went unchecked)
+
+
+class CellTimeout(Exception):
+    """A cell ran past ``--cell-timeout``."""
+
+
+def _inputs(cell: Cell) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, bool, bool]:
+    """``(net, example for convert, sequence for export/verify, step over the sequence?, backward?)``."""
+    if cell.table == "zoo":
+        sn, kw = NEURONS[cell.neuron]
+        net = MODELS[cell.model](sn, kw)
+        functional.set_step_mode(net, cell.step_mode)
+        x = torch.randint(0, 9, (2, 2, 3, 32, 32)).float() / 4  # [T, N, C, H, W], dyadic
+        steps = cell.step_mode == "s"
+        return net, x[0] if steps else x, x, steps, True
+    case = CASES[cell.table][cell.model]
+    net, x = case.build()
+    return net, x[0] if case.single_step else x, x, case.single_step, case.backward
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensors(o)]
+    return []
 
 
 def run_cell(cell: Cell, workdir: Path) -> Cell:
-    """Fill in ``cell.status`` and ``cell.note`` by running the whole pipeline once."""
+    """Fill in the cell's results by running the whole pipeline once."""
     start = time.perf_counter()
-    sn, kw = NEURONS[cell.neuron]
-    net = MODELS[cell.model](sn, kw)
-    functional.set_step_mode(net, cell.step_mode)
-    x = torch.randint(0, 9, (2, 2, 3, 32, 32)).float() / 4  # [T, N, C, H, W], dyadic
-    example = x if cell.step_mode == "m" else x[0]
     try:
+        net, example, sequence, steps, backward = _inputs(cell)
         model = rs.convert_model(net, example, spike=cell.spike, granularity=cell.granularity)
-        out = torch.stack([model(xt) for xt in x]) if cell.step_mode == "s" else model(x)
-        out.sum().backward()  # a training step's gradients, through amplitudes and surrogates
+        conversion = rs.conversion_report(model)
+        cell.converted, cell.total = len(conversion.converted), conversion.total
+        cell.skipped = skipped_note([s.reason for s in conversion.skipped])
+        out = torch.stack([model(xt) for xt in sequence]) if steps else model(example)
+        if backward:  # a training step's gradients, through amplitudes and surrogates
+            sum(t.sum() for t in _tensors(out)).backward()
         make_dyadic(model, example)
         deploy = rs.fold(model)
         path = workdir / "cell.onnx"
-        rs.export_onnx(deploy, path, x)  # single-step models export the whole [T, N, ...] sequence too
-        report = rs.verify(model, path, x)
+        rs.export_onnx(deploy, path, sequence)  # single-step models export the whole [T, N, ...] sequence too
+        report = rs.verify(model, path, sequence)
     except rs.RealSpikeError as e:
         cell.status, cell.note = "refused", str(e).split(". ")[0]
     except Exception as e:  # a bug: record it, keep going
         cell.status, cell.note = "fail", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         traceback.print_exc()
     else:
-        skipped = rs.conversion_report(model).skipped
         ok = report.pure and report.bit_identical and report.comparison("trained", "deploy").identical
         cell.status = "pass" if ok else "fail"
-        cell.note = _skipped_note([n.reason for n in skipped])
+        cell.silent = len(report.silent_neurons)
         if not ok:
             cell.note = f"purity {report.purity:.2%}, bit-identical {report.bit_identical}"
     cell.seconds = time.perf_counter() - start
     return cell
 
 
-def _skipped_note(reasons: list[str]) -> str:
+def skipped_note(reasons: list[str]) -> str:
     """``'12 neuron(s) skipped: 11× <why>; 1× <why>'``, each why without node names or details."""
     if not reasons:
         return ""
@@ -120,50 +165,146 @@ def _gist(reason: str) -> str:
     return reason
 
 
-def cells(models: list[str], step_modes: list[str]) -> list[Cell]:
-    return [Cell(m, n, s, g, sm) for m, n, s, g, sm in itertools.product(
-        models, NEURONS, ("real", "ternary"), ("layer", "channel", "element"), step_modes)]
+def cells(tables: list[str], models: list[str], step_modes: list[str]) -> list[Cell]:
+    """Every cell of ``tables`` (``models`` and ``step_modes`` select the zoo table's rows)."""
+    out = []
+    for table in tables:
+        if table == "zoo":
+            out += [Cell(m, n, s, g, sm) for m, n, s, g, sm in itertools.product(
+                models, NEURONS, ("real", "ternary"), ("layer", "channel", "element"), step_modes)]
+        else:
+            out += [Cell(c.name, c.neuron, "real", "channel", "s" if c.single_step else "m", table=table)
+                    for c in CASES[table].values()]
+    return out
 
 
-def to_markdown(results: list[Cell]) -> str:
-    counts = {s: sum(c.status == s for c in results) for s in ("pass", "refused", "fail")}
-    lines = ["# SpikingJelly zoo compatibility", "",
+def _counts(c: Cell) -> str:
+    return "—" if c.total is None else f"{c.converted} / {c.total}"
+
+
+def _notes(c: Cell) -> str:
+    parts = [c.note, c.skipped, f"{c.silent} neuron(s) silent in verify" if c.silent else ""]
+    return "; ".join(p for p in parts if p).replace("|", "/")
+
+
+def _tally(results: list[Cell]) -> str:
+    counts = Counter(c.status for c in results)
+    return f"{counts['pass']} pass, {counts['refused']} refused, {counts['fail']} fail"
+
+
+def family_summary(results: list[Cell]) -> list[str]:
+    """One line per family: neurons converted over neurons found, in the models and wild tables."""
+    lines = []
+    for family in FAMILIES:
+        group = [c for c in results if c.table != "zoo" and CASES[c.table][c.model].family == family]
+        counted = [c for c in group if c.total is not None]
+        converted, total = sum(c.converted for c in counted), sum(c.total for c in counted)
+        share = f" ({converted / total:.0%})" if total else ""
+        missing = len(group) - len(counted)
+        uncounted = f", {missing} refused at convert (not counted)" if missing else ""
+        lines.append(f"- **{family}**: {converted} / {total} neurons converted{share} in {len(group)} networks "
+                     f"({_tally(group)}){uncounted}")
+    return lines
+
+
+def to_markdown(results: list[Cell], expected: dict[str, int]) -> str:
+    """docs/compatibility.md from the finished ``results``; ``expected`` is each table's full cell count."""
+    by_table = {t: [c for c in results if c.table == t] for t in TABLES}
+
+    def header(table: str, title: str) -> list[str]:
+        rows = by_table[table]
+        ran = f"{len(rows)} cells" if len(rows) == expected.get(table, len(rows)) else \
+            f"{len(rows)} of {expected[table]} cells run"
+        return [f"## {title}", "", f"**{ran}: {_tally(rows)}.**", ""]
+
+    lines = ["# SpikingJelly compatibility", "",
              "Generated by `python tests/compat/matrix.py --out docs/compatibility.md`. Each cell: convert → "
              "forward and backward (a training step's gradients) → fold → ONNX export → `verify` on a dyadic copy "
              "of the net (pass = ONNX bit-identical to the deploy model and to the trained model, 100 % spike "
-             "purity). Input 2×2×3×32×32 (T, N, C, H, W).",
-             "", f"**{len(results)} cells: {counts['pass']} pass, {counts['refused']} refused, {counts['fail']} fail.**",
-             "", "| model | neuron | spike | granularity | step mode | result | notes |", "|---|---|---|---|---|---|---|"]
-    for c in results:
-        lines.append(f"| {c.model} | {c.neuron} | {c.spike} | {c.granularity} | {c.step_mode} | {c.status} | "
-                     f"{c.note.replace('|', '/')} |")
-    return "\n".join(lines) + "\n"
+             "purity; refused = a clear error naming the node; fail = anything else, a bug). "
+             "\"converted / total\": neuron modules given an amplitude over neuron modules found (a module called "
+             "in a time loop counts once); the notes say why the others were skipped.", "",
+             "Neurons converted per family (models and wild tables: real spikes, channel granularity):", "",
+             *family_summary(results), ""]
+    if by_table["models"]:
+        lines += header("models", "Every model in `spikingjelly.activation_based.model`")
+        lines += ["Smallest configs: T=2, N=2 (T=5 where the model fixes it), small images, few channels or blocks "
+                  "where the factory allows (else its class, narrowed: see config); the factory's own LIF where it "
+                  "has one, else `LIFNode(tau=2)`; real spikes, channel granularity, multi-step (OTTT: single-step, "
+                  "its design).", "",
+                  "| module | factory / class | config | neuron | converted / total | result | notes |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in by_table["models"]:
+            case = CASES["models"][c.model]
+            lines.append(f"| {case.source} | {c.model} | {case.config} | {case.neuron} | {_counts(c)} | {c.status} | "
+                         f"{_notes(c)} |")
+        lines.append("")
+    if by_table["wild"]:
+        lines += header("wild", "Networks written by others: tests/wild.py, SpikingJelly's example scripts, "
+                                "neuron types")
+        lines += ["Each network in its own input layout (image inputs repeated inside `forward`, user time loops, "
+                  "[N, C, T, F] spectrograms); single-step networks are fed one step per call and exported over the "
+                  "whole [T, N, ...] sequence. Real spikes, channel granularity.", "",
+                  "| network | source | what it exercises | converted / total | result | notes |",
+                  "|---|---|---|---|---|---|"]
+        for c in by_table["wild"]:
+            case = CASES["wild"][c.model]
+            what = case.config if len(case.config) <= 160 else case.config[:157] + "..."
+            lines.append(f"| {c.model} | {case.source} | {what.replace('|', '/')} | {_counts(c)} | {c.status} | "
+                         f"{_notes(c)} |")
+        lines += ["", "Neuron classes of `spikingjelly.activation_based.neuron` not swapped into the conv net: "
+                  + "; ".join(f"`{name}` ({why})" for name, why in NOT_SWAPPED.items()) + ".", ""]
+    if by_table["zoo"]:
+        lines += header("zoo", "SpikingJelly zoo × neurons × spike kinds × granularities × step modes")
+        lines += ["Input 2×2×3×32×32 (T, N, C, H, W), the factories' full sizes.", "",
+                  "| model | neuron | spike | granularity | step mode | converted / total | result | notes |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for c in by_table["zoo"]:
+            lines.append(f"| {c.model} | {c.neuron} | {c.spike} | {c.granularity} | {c.step_mode} | {_counts(c)} | "
+                         f"{c.status} | {_notes(c)} |")
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def _key(cell: Cell) -> tuple[str, ...]:
-    return cell.model, cell.neuron, cell.spike, cell.granularity, cell.step_mode
+    return cell.table, cell.model, cell.neuron, cell.spike, cell.granularity, cell.step_mode
 
 
 def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _run_in_worker(cell: Cell) -> Cell:
+def _timeout(signum, frame):
+    raise CellTimeout("the cell ran past --cell-timeout")
+
+
+def _run_in_worker(job: tuple[Cell, int]) -> Cell:
+    cell, timeout = job
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        return run_cell(cell, Path(tmp))
+    signal.signal(signal.SIGALRM, _timeout)
+    signal.alarm(timeout)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return run_cell(cell, Path(tmp))
+    finally:
+        signal.alarm(0)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="docs/compatibility.md")
     p.add_argument("--log", default=None, help="JSON-lines log of finished cells (default: OUT with .jsonl)")
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), metavar="MODEL")
-    p.add_argument("--step-modes", nargs="+", default=["m", "s"], choices=["m", "s"])
+    p.add_argument("--tables", nargs="+", default=list(TABLES), choices=TABLES)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), metavar="MODEL",
+                   help="the zoo table's models")
+    p.add_argument("--step-modes", nargs="+", default=["m", "s"], choices=["m", "s"], help="the zoo table's")
+    p.add_argument("--cases", nargs="+", default=None, metavar="NAME",
+                   help="run only these rows of the models/wild tables")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--cell-timeout", type=int, default=1800, help="seconds before a cell ends as fail")
     args = p.parse_args(argv)
     log = Path(args.log or Path(args.out).with_suffix(".jsonl"))
-    todo = cells(args.models, args.step_modes)
+    todo = [c for c in cells(args.tables, args.models, args.step_modes)
+            if args.cases is None or c.table == "zoo" or c.model in args.cases]
     done = {}
     if log.exists():
         for line in log.read_text().splitlines():
@@ -176,15 +317,18 @@ def main(argv: list[str] | None = None) -> int:
     context = multiprocessing.get_context("spawn")
     with (context.Pool(args.jobs, initializer=_worker_init, maxtasksperchild=4) as pool,
           log.open("a") as f):
-        for i, cell in enumerate(pool.imap_unordered(_run_in_worker, pending), 1):
+        jobs = [(c, args.cell_timeout) for c in pending]
+        for i, cell in enumerate(pool.imap_unordered(_run_in_worker, jobs), 1):
             done[_key(cell)] = cell
             f.write(json.dumps(dataclasses.asdict(cell)) + "\n")
             f.flush()
-            print(f"[{i}/{len(pending)}] {cell.model} {cell.neuron} {cell.spike} {cell.granularity} "
-                  f"{cell.step_mode}: {cell.status} ({cell.seconds:.0f}s) {cell.note}", flush=True)
-    results = [done[_key(c)] for c in todo]
-    atomic_write(args.out, lambda tmp: Path(tmp).write_text(to_markdown(results)))
-    return 1 if any(c.status == "fail" for c in results) else 0
+            print(f"[{i}/{len(pending)}] {cell.table}: {cell.model} {cell.neuron} {cell.spike} {cell.granularity} "
+                  f"{cell.step_mode}: {cell.status} {_counts(cell)} ({cell.seconds:.0f}s) {_notes(cell)}", flush=True)
+    everything = cells(list(TABLES), list(MODELS), ["m", "s"])
+    results = [done[_key(c)] for c in everything if _key(c) in done]
+    expected = Counter(c.table for c in everything)
+    atomic_write(args.out, lambda tmp: Path(tmp).write_text(to_markdown(results, expected)))
+    return 1 if any(c.status == "fail" for c in results if _key(c) in {_key(t) for t in todo}) else 0
 
 
 if __name__ == "__main__":
