@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import os
 import warnings
 
@@ -11,10 +13,11 @@ import onnx
 import pytest
 import torch
 import torch.nn as nn
-from spikingjelly.activation_based import base, functional, neuron
+from spikingjelly.activation_based import functional, neuron
 
 import nets
 import sj_realspike as rs
+from sj_realspike.fold import capture_converted
 from sj_realspike.testing import firing_rate, make_dyadic, run
 from test_fold import ZOO_CELLS
 
@@ -121,25 +124,23 @@ def test_realistic_weights_report_flips_and_agreement(tmp_path):
 def test_unfolded_amplitude_fails_verify(tmp_path):
     """A converted model exported without fold: its amplitudes scale spikes inside the graph.
 
-    Here each amplitude's Mul is attributed to its neuron's scope, so the neuron outputs
-    verify finds hold amplitudes: the value check must fail, not only the static one.
+    Each amplitude's Mul runs inside its neuron module, so the neuron outputs verify finds
+    hold amplitudes: the value check must fail, not only the static one.
     """
     x = nets.example("m", size=16)
     model = _dyadic_model(nets.custom("shortcut", "IF", "m"), x, "real", "channel", steps=False)
-    for node in model.graph.nodes:
-        if node.op == "call_module" and isinstance(model.get_submodule(node.target), rs.Amplitude):
-            node.meta["nn_module_stack"] = node.args[0].meta["nn_module_stack"]
     functional.reset_net(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x,), tmp_path / "planted.onnx", dynamo=True, verbose=False)
     functional.reset_net(model)
     report = rs.verify(model, tmp_path / "planted.onnx", x)
-    assert not report.pure
+    assert not report.pure and not report.ok
     assert report.purity < 1.0  # neuron outputs hold amplitudes, not spikes
     assert {v.neuron for v in report.violations} == {"stem.2", "sn1", "sn2", "sn3"}
     assert all(v.op_type == "Mul" for v in report.violations)
     assert "IMPURE: Mul node" in str(report)
+    assert any(f.startswith("4 of 4 neurons emit non-spike values in the ONNX graph") for f in report.failures)
 
 
 def test_unfolded_amplitude_in_its_own_scope_is_found_statically(tmp_path):
@@ -149,18 +150,18 @@ def test_unfolded_amplitude_in_its_own_scope_is_found_statically(tmp_path):
     with torch.no_grad():
         for a in rs.amplitude_parameters(model):
             a.fill_(0.75)  # the exporter drops a multiplication by exactly 1
-    for node in model.graph.nodes:  # attribute each amplitude to its own module, not its neuron
-        if node.op == "call_module" and isinstance(model.get_submodule(node.target), rs.Amplitude):
-            node.meta.pop("nn_module_stack", None)
-    functional.reset_net(model)
+    gm, _, _ = capture_converted(copy.deepcopy(model), x)  # each amplitude a module of its own after its neuron
+    functional.reset_net(gm)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), tmp_path / "planted.onnx", dynamo=True, verbose=False)
-    functional.reset_net(model)
+        torch.onnx.export(gm, (x,), tmp_path / "planted.onnx", dynamo=True, verbose=False)
+    functional.reset_net(gm)
     report = rs.verify(model, tmp_path / "planted.onnx", x)
     assert not report.pure and report.purity == 1.0  # the neurons themselves still emit spikes
-    assert {(v.op_type, v.scope, v.module_class) for v in report.violations} == {
-        ("Mul", f"{n}_amplitude", "sj_realspike.amplitude.Amplitude") for n in ("stem.2", "sn1", "sn2", "sn3")}
+    assert sorted(v.neuron for v in report.violations) == ["sn1", "sn2", "sn3", "stem.2"]
+    assert all(v.op_type == "Mul" and v.scope != v.neuron and "Node" not in v.module_class for v in report.violations)
+    assert {(v.scope, v.module_class) for v in report.violations if v.neuron != "stem.2"} == {
+        (f"{n}_amplitude", "sj_realspike.amplitude.Amplitude") for n in ("sn1", "sn2", "sn3")}
 
 
 def test_export_folds_a_converted_model_and_says_so(tmp_path, caplog):
@@ -190,9 +191,9 @@ def test_multi_step_neuron_without_lowering_is_exported_through_its_own_forward(
     net = nn.Sequential(nn.Flatten(2), nn.Linear(3 * 8 * 8, 16), neuron.QIFNode(step_mode="m"), nn.Linear(16, 4))
     x = torch.rand(3, 2, 3, 8, 8) * 4
     with caplog.at_level(logging.WARNING):
-        rs.export_onnx(rs.fold(net), tmp_path / "m.onnx", x)
+        rs.export_onnx(net, tmp_path / "m.onnx", x)  # a plain network: folded first
     assert "kept as SpikingJelly's QIFNode" in caplog.text
-    report = rs.verify(rs.fold(net), tmp_path / "m.onnx", x)
+    report = rs.verify(net, tmp_path / "m.onnx", x)
     assert report.pure and report.spike_flip_rate is not None
     assert report.comparison("deploy", "onnx").max_rel < 1e-5
 
@@ -205,7 +206,7 @@ def test_failed_export_leaves_no_file(tmp_path, monkeypatch):
     x = nets.example("m", size=16)
     deploy = rs.fold(_dyadic_model(nets.custom("pool", "LIF", "m"), x, "real", "layer", steps=False))
     target = tmp_path / "m.onnx"
-    with pytest.raises(ValueError, match=r"pass the whole time sequence \[T, N, 3, 16, 16\]"):
+    with pytest.raises(ValueError, match=r"the input has shape \(2, 3, 16, 16\), but this model takes \[T,N,C,H,W\]"):
         rs.export_onnx(deploy, target, x[0])  # [N, C, H, W]: not a sequence
     assert _no_leftovers(tmp_path) == []
 
@@ -225,14 +226,18 @@ def test_failed_export_leaves_no_file(tmp_path, monkeypatch):
     assert _no_leftovers(tmp_path) == ["m.onnx"] and target.read_bytes() == b"previous model"
 
 
-def test_exporter_failure_is_reported_without_a_file(tmp_path):
-    class Data(nn.Module, base.StepModule):  # an fx leaf with data-dependent control flow: torch.export fails
-        def forward(self, x):
-            return x * 2 if x.sum() > 0 else x
+def test_exporter_failure_is_reported_without_a_file(tmp_path, monkeypatch):
+    def failing_export(*args, **kwargs):  # the exporter raises its own types, with the root cause chained
+        try:
+            raise torch._dynamo.exc.UserError(None, "\x1b[31mdata-dependent branch\x1b[0m\nmore detail")
+        except Exception as e:
+            raise RuntimeError("export failed") from e
 
-    net = nn.Sequential(nn.Linear(4, 4), neuron.IFNode(step_mode="m"), Data())
-    with pytest.raises(rs.ExportError, match="torch.onnx.export failed on the lowered deploy model"):
-        rs.export_onnx(rs.fold(net), tmp_path / "m.onnx", torch.rand(2, 2, 4))
+    net = nn.Sequential(nn.Linear(4, 4), neuron.IFNode(step_mode="m"))
+    monkeypatch.setattr(torch.onnx, "export", failing_export)
+    with pytest.raises(rs.ExportError, match=r"torch.onnx.export failed on the lowered deploy model "
+                                             r"\(UserError: data-dependent branch\)$"):
+        rs.export_onnx(net, tmp_path / "m.onnx", torch.rand(2, 2, 4))
     assert _no_leftovers(tmp_path) == []
 
 
@@ -266,3 +271,69 @@ def test_onnx_runner_checks_inputs_and_keeps_array_kind(tmp_path):
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert rs.OnnxRunner(tmp_path / "m.onnx", spinning=True).session.get_session_options() \
         .get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+NAN_NEURONS = {
+    "IF": lambda **kw: neuron.IFNode(**kw),
+    "LIF": lambda **kw: neuron.LIFNode(tau=2.0, **kw),
+    "LIF-tau3-nodecay": lambda **kw: neuron.LIFNode(tau=3.0, decay_input=False, **kw),
+    "PLIF": lambda **kw: neuron.ParametricLIFNode(init_tau=2.7, **kw),
+    "TernaryIF": lambda **kw: neuron.TernaryIFNode(**kw),
+    "TernaryLIF": lambda **kw: neuron.TernaryLIFNode(tau=2.0, **kw),
+    "TernaryPLIF": lambda **kw: rs.TernaryParametricLIFNode(init_tau=2.7, **kw),
+}
+
+
+class _Parallel(nn.Module):
+    """Every neuron type × reset on the same input; their spikes stacked as the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.neurons = nn.ModuleList(make(v_reset=reset, step_mode="m") for make in NAN_NEURONS.values()
+                                     for reset in (0.0, -0.25, None))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([sn(x) for sn in self.neurons])
+
+
+def test_lowered_neurons_match_spikingjelly_on_nan_and_inf(tmp_path):
+    """SpikingJelly fires at h >= θ: a NaN membrane never fires, +Inf fires and resets to NaN (0·Inf)."""
+    nan, inf = math.nan, math.inf
+    x = torch.randn(4, 2, 16, generator=torch.Generator().manual_seed(0)) * 1.5
+    x[0, 0, :6] = torch.tensor([nan, inf, -inf, 3e38, -3e38, 0.0])
+    x[1, 0, 5] = nan  # a neuron that fired before meets NaN
+    x[1, 0, 3:5] = torch.tensor([3e38, -3e38])  # overflows to ±Inf in the charge
+    x[2, 1, :3] = torch.tensor([inf, -inf, nan])  # mid-sequence
+    net = _Parallel().eval()
+    functional.reset_net(net)
+    with torch.no_grad():
+        expected = net(x)
+    functional.reset_net(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rs.export_onnx(net, tmp_path / "nan.onnx", x)
+    got = rs.OnnxRunner(tmp_path / "nan.onnx")(x)
+    assert torch.isfinite(expected).all()  # spikes, never NaN
+    assert torch.equal(got, expected), f"{(got != expected).sum().item()} spikes differ"
+    assert (expected[:, 0, 0, 0] == 0).all() and (expected[:, 0, 0, 1] == 1).all()  # NaN silent, +Inf fires
+    ternary = [i for i, m in enumerate(net.neurons) if rs.neurons.is_ternary(m)]
+    assert (expected[ternary, 0, 0, 2] == -1).all()  # -Inf fires -1 in ternary neurons
+
+
+@pytest.mark.parametrize("dtype,stage", [(torch.float16, "deploy"), (torch.bfloat16, "converted")])
+def test_half_precision_model_exports_a_float32_copy(tmp_path, caplog, dtype, stage):
+    x = nets.example("m", size=16)
+    model = _dyadic_model(nets.custom("shortcut", "LIF", "m"), x, "ternary", "channel", steps=False)
+    model = (rs.fold(model) if stage == "deploy" else model).to(dtype)
+    with caplog.at_level(logging.WARNING, logger="sj_realspike.export"):
+        rs.export_onnx(model, tmp_path / "half.onnx", x)
+    name = str(dtype).removeprefix("torch.")
+    assert f"holds {name} weights: exporting a float32 copy (the ONNX graph computes in float32)" in caplog.text
+    assert {p.dtype for p in model.parameters()} == {dtype}  # the user's model is untouched
+    runner = rs.OnnxRunner(tmp_path / "half.onnx")
+    assert runner.input_type == "tensor(float)"
+    reference = rs.fold(copy.deepcopy(model).float())  # what the file holds: the weights, in float32
+    assert torch.equal(runner(x), run(reference, x))
+    if stage == "deploy":
+        report = rs.verify(model, tmp_path / "half.onnx", x)  # checked as its float32 copy
+        assert report.ok, str(report)
