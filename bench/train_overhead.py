@@ -41,8 +41,8 @@ class NaiveAmplitude(nn.Module):
         return s * self.a
 
 
-def replace_amplitudes(model: torch.fx.GraphModule, make) -> torch.fx.GraphModule:
-    """Reference variants: each Amplitude replaced by ``make(amplitude)``."""
+def replace_amplitudes(model: nn.Module, make) -> nn.Module:
+    """Reference variants: each Amplitude (a converted neuron's ``spike_amplitude``) replaced by ``make(amplitude)``."""
     for name, m in list(model.named_modules()):
         if isinstance(m, rs.Amplitude):
             parent, _, attr = name.rpartition(".")

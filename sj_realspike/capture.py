@@ -70,6 +70,8 @@ class CaptureResult:
         calls: how many times each leaf module was called (a time loop calls a
             single-step neuron ``T`` times).
         samples: the first input of the first call of each module ``record`` selected.
+        value_forced: the subset of ``forced`` computed from tensor *values*, not shapes
+            (``if x.sum() > 0``): the graph holds the example's branch for every input.
     """
 
     gm: fx.GraphModule
@@ -78,6 +80,7 @@ class CaptureResult:
     state_reads: list[tuple[str, str]] = field(default_factory=list)
     calls: dict[str, int] = field(default_factory=dict)
     samples: dict[str, torch.Tensor] = field(default_factory=dict)
+    value_forced: list[tuple[str, Any]] = field(default_factory=list)
 
 
 def _concrete(a: Any) -> Any:
@@ -94,12 +97,15 @@ class ConcreteProxy(fx.Proxy):
     def __getattr__(self, k: str) -> ConcreteAttribute:
         return ConcreteAttribute(self, k)
 
-    def _force(self, value: Any) -> Any:
+    def _force(self, value: Any, *, by_shape: bool = False) -> Any:
+        """Hand Python the example's value; note it, and whether it came from tensor values, not shapes."""
         self.tracer.forced.append((self.node.name, value))
+        if not by_shape and self.node.name not in self.tracer.shape_nodes:
+            self.tracer.value_forced.append((self.node.name, value))
         return value
 
     def __len__(self) -> int:
-        return self._force(len(self.concrete))
+        return self._force(len(self.concrete), by_shape=True)
 
     def __index__(self) -> int:
         return self._force(operator.index(self.concrete))
@@ -135,6 +141,8 @@ class ConcreteTracer(fx.Tracer):
         self.after = after or {}
         self.record = record
         self.samples: dict[str, torch.Tensor] = {}
+        self.shape_nodes: set[str] = set()
+        self.value_forced: list[tuple[str, Any]] = []
         self.forced: list[tuple[str, Any]] = []
         self.opaque: list[tuple[str, str]] = []
         self.state_reads: list[tuple[str, str]] = []
@@ -152,6 +160,10 @@ class ConcreteTracer(fx.Tracer):
             return p
         value = self._evaluate(p.node, kind, target, args, kwargs)
         p.node.meta[CONCRETE] = value
+        if _is_shape_query(kind, target, args) or (
+                kind in ("call_function", "call_method") and p.node.all_input_nodes
+                and all(n.name in self.shape_nodes for n in p.node.all_input_nodes)):
+            self.shape_nodes.add(p.node.name)  # computed from shapes only: the same for every input of this shape
         if isinstance(value, torch.Tensor):
             p.node.meta["tensor_meta"] = _extract_tensor_metadata(value)
         elif isinstance(value, (tuple, list)) and value and all(isinstance(v, torch.Tensor) for v in value):
@@ -197,11 +209,11 @@ class ConcreteTracer(fx.Tracer):
         return obj._force(bool(obj.concrete))
 
     def iter(self, obj: fx.Proxy) -> Iterator[fx.Proxy]:
-        n = obj._force(len(obj.concrete))
+        n = obj._force(len(obj.concrete), by_shape=True)
         return iter([obj[i] for i in range(n)])
 
     def keys(self, obj: fx.Proxy) -> Any:
-        return obj._force(obj.concrete.keys())
+        return obj._force(obj.concrete.keys(), by_shape=True)
 
     # ----------------------------------------------------------------- leaves
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -269,6 +281,16 @@ def _unpatched_modules() -> Iterator[None]:
         yield
     finally:
         nn.Module.__call__, nn.Module.__getattr__ = patched_call, patched_getattr
+
+
+_SHAPE_ATTRS = {"shape", "ndim", "dtype", "device", "is_cuda", "layout"}
+_SHAPE_METHODS = {"size", "dim", "numel", "nelement", "ndimension"}
+
+
+def _is_shape_query(kind: str, target: Any, args: tuple) -> bool:
+    if kind == "call_function" and target is getattr:
+        return len(args) > 1 and args[1] in _SHAPE_ATTRS
+    return kind == "call_method" and target in _SHAPE_METHODS
 
 
 def _snapshot(m: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
@@ -349,7 +371,8 @@ def capture(model: nn.Module, example_input: Any, *, leaf: Callable[[nn.Module],
     for node in gm.graph.nodes:
         node.meta.pop(CONCRETE, None)
     gm.meta[OPAQUE_KEY] = dict(tracer.opaque)
-    return CaptureResult(gm, tracer.forced, tracer.opaque, tracer.state_reads, tracer.calls, tracer.samples)
+    return CaptureResult(gm, tracer.forced, tracer.opaque, tracer.state_reads, tracer.calls, tracer.samples,
+                         tracer.value_forced)
 
 
 def _drop_dead_queries(graph: fx.Graph) -> None:

@@ -146,7 +146,8 @@ def _plan(result: CaptureResult, config: SpikeConfig, default: SpikeSpec,
     """Which neuron modules get which amplitude: decided on the captured graph, which is discarded."""
     gm = result.gm
     modules = dict(gm.named_modules())
-    report = ConversionReport(opaque=list(result.opaque), state_reads=list(result.state_reads))
+    report = ConversionReport(opaque=list(result.opaque), state_reads=list(result.state_reads),
+                              value_branches=[n for n, _ in result.value_forced])
     calls: dict[str, list[fx.Node]] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module" and is_spiking_module(modules[node.target]):

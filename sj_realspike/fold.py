@@ -18,7 +18,7 @@ from .flow import follow_amplitudes
 from .neurons import is_neuron, is_ternary
 from .ops import OpKind, classify, scalar_factor
 from .report import FoldReport, record_of, set_record
-from .spiking import AmplitudeNeuron, detach_amplitude
+from .spiking import AMPLITUDE_ATTR, AmplitudeNeuron, detach_amplitude
 from .state import copy_model
 from .weights import fuse_conv_bn_weights, fuse_linear_bn_weights
 
@@ -92,6 +92,9 @@ def fold(model: nn.Module, *, inplace: bool = False,
     report.fused_batchnorms = fuse_batchnorm(gm, dtype=torch.float64)
     _amplitudes_for_constant_factors(gm)
     _, stats = follow_amplitudes(gm, rewrite=True)
+    for m in gm.modules():  # the folded amplitudes, parked on their neurons for the capture
+        if AMPLITUDE_ATTR in m._modules:
+            delattr(m, AMPLITUDE_ATTR)
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
@@ -132,12 +135,18 @@ def capture_converted(model: nn.Module, x: torch.Tensor, *,
     after = {}
     for path, m in list(model.named_modules()):
         if isinstance(m, AmplitudeNeuron):
-            amp = detach_amplitude(m)
-            name = _unique_attr(model, path.replace(".", "_") + "_amplitude")
-            model.add_module(name, amp)
-            after[path] = name
+            # The neuron becomes its plain class again; the amplitude stays its submodule, where no
+            # container's forward can run it (a root nn.Sequential would run a module added to it).
+            m.add_module(AMPLITUDE_ATTR, detach_amplitude(m))
+            after[path] = f"{path}.{AMPLITUDE_ATTR}" if path else AMPLITUDE_ATTR
     functional.invalidate_reset_cache(model)
     result = capture(model, x, after=after)
+    if result.value_forced:
+        node, value = result.value_forced[0]
+        raise UnsupportedPatternError(
+            node, f"the model's forward branches (or loops) on tensor values here (the example gave {value!r}), so "
+                  "a captured deploy graph would take the example's branch for every input",
+            "Make the control flow depend on shapes only, or move the data-dependent part out of the model")
     if result.state_reads:
         path, attr = result.state_reads[0]
         raise UnsupportedPatternError(
@@ -161,13 +170,6 @@ def example_for(model: nn.Module, record: dict, example_input: torch.Tensor | No
     dtype = getattr(torch, record.get("example_dtype") or "float32")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     return torch.zeros(shape, dtype=dtype, device=device)
-
-
-def _unique_attr(model: nn.Module, base_name: str) -> str:
-    candidate, i = base_name, 1
-    while hasattr(model, candidate):
-        candidate, i = f"{base_name}_{i}", i + 1
-    return candidate
 
 
 # Ops that carry spikes towards a synapse unchanged but for linear rearrangement.

@@ -54,6 +54,7 @@ class ConversionReport:
     calls: dict[str, int] = field(default_factory=dict)  # modules called more than once: how often
     opaque: list[tuple[str, str]] = field(default_factory=list)  # (module, reason) kept whole at capture
     state_reads: list[tuple[str, str]] = field(default_factory=list)  # (module, attribute) read in forward
+    value_branches: list[str] = field(default_factory=list)  # nodes where forward branches on tensor values
 
     def __str__(self) -> str:
         parts = [f"{len(self.converted)} of {self.total} neurons converted, {len(self.skipped)} skipped, "
@@ -77,6 +78,8 @@ class ConversionReport:
         parts += [f"kept whole (not traced): {m}: {why}" for m, why in self.opaque]
         parts += [f"forward reads state '{attr}' of {m}: fold and export will refuse this model"
                   for m, attr in self.state_reads]
+        parts += [f"forward branches on tensor values at '{n}': fold and export will refuse this model"
+                  for n in self.value_branches]
         return "\n".join(parts)
 
 

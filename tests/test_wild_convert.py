@@ -192,3 +192,38 @@ def test_fused_qkv_neuron_folds_with_one_amplitude_per_slice():
     with pytest.raises(rs.UnsupportedPatternError, match=r"do not split into 5 equal slices"):
         _convert("fused_qkv_attention",
                  config=rs.SpikeConfig().set_name("attn.qkv_lif", rs.SpikeSpec(granularity="slice", slices=5)))
+
+
+def test_fold_of_a_root_sequential_keeps_its_layers():
+    # An amplitude must not become one more layer of a root nn.Sequential.
+    from spikingjelly.activation_based import layer
+    import torch.nn as nn
+    torch.manual_seed(0)
+    net = nn.Sequential(layer.Conv2d(3, 4, 3, padding=1), neuron.IFNode(), layer.Conv2d(4, 4, 3, padding=1),
+                        neuron.IFNode(), layer.Flatten(), layer.Linear(4 * 8 * 8, 2))
+    functional.set_step_mode(net, "m")
+    x = torch.rand(2, 2, 3, 8, 8) * 4
+    model = rs.convert_model(net, x)
+    assert len(rs.conversion_report(model).converted) == 2
+    _fold_exact(model, x)
+
+
+def test_branch_on_tensor_values_is_refused_not_frozen():
+    import torch.nn as nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.sn, self.fc2 = nn.Linear(4, 4), neuron.IFNode(), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc2(self.sn(self.fc1(x))) if x.sum() > 0 else self.fc2(x)
+
+    x = torch.rand(2, 4) * 4
+    model = rs.convert_model(Net(), x)
+    report = rs.conversion_report(model)
+    assert len(report.value_branches) == 1 and "branches on tensor values" in str(report)
+    with pytest.raises(rs.UnsupportedPatternError, match=r"branches \(or loops\) on tensor values"):
+        rs.fold(model)
+    with pytest.raises(rs.UnsupportedPatternError, match=r"branches \(or loops\) on tensor values"):
+        rs.fold(model, example_input=x)
