@@ -283,8 +283,8 @@ def _unpatched_modules() -> Iterator[None]:
         nn.Module.__call__, nn.Module.__getattr__ = patched_call, patched_getattr
 
 
-_SHAPE_ATTRS = {"shape", "ndim", "dtype", "device", "is_cuda", "layout"}
-_SHAPE_METHODS = {"size", "dim", "numel", "nelement", "ndimension"}
+_SHAPE_ATTRS = {"shape", "ndim", "dtype", "device", "is_cuda", "layout", "requires_grad", "is_sparse"}
+_SHAPE_METHODS = {"size", "dim", "numel", "nelement", "ndimension", "is_floating_point", "is_contiguous", "get_device"}
 
 
 def _is_shape_query(kind: str, target: Any, args: tuple) -> bool:

@@ -236,7 +236,7 @@ def check_layout(layout: str | None, example_input: object, result: CaptureResul
             grown = _grown(model, example_input, 0)
             if grown is not None and grown.calls != result.calls and _grown(model, example_input, 1) is not None:
                 return sequence
-        return ",".join(["N"] + [f"D{i}" for i in range(rank - 1)])
+        return _LAYOUT_NAMES.get(rank + 1, ",".join(["T", "N"] + [f"D{i}" for i in range(rank - 1)]))[2:]
     dims = [d.strip() for d in layout.split(",")]
     if len(dims) != rank or dims.count("N") != 1 or dims.count("T") > 1 or len(set(dims)) != len(dims) \
             or not all(d.isidentifier() for d in dims):

@@ -87,10 +87,14 @@ def input_layout_of(model: nn.Module, x: torch.Tensor) -> InputLayout:
     per_step = mode == "s" and not record.get("sequence_per_call", False)
     recorded = record.get("input_layout")
     if per_step:
-        per_call = recorded.split(",") if recorded else ["N"] + [f"D{i}" for i in range(x.dim() - 2)]
+        per_call = recorded.split(",") if recorded else _name(x.dim()).split(",")[1:]
         dims = ("T", *per_call)
         return InputLayout(dims, True, {d + 1: s for d, s in fixed.items()})
     if recorded:
         return InputLayout(tuple(recorded.split(",")), False, fixed)
-    return InputLayout(tuple(_NAMES.get(x.dim(), ",".join(["T", "N"] + [f"D{i}" for i in range(x.dim() - 2)]))
-                             .split(",")), False, fixed)
+    return InputLayout(tuple(_name(x.dim()).split(",")), False, fixed)
+
+
+def _name(rank: int) -> str:
+    """The default name of a rank-``rank`` sequence ``[T, N, …]``, e.g. ``"T,N,C,H,W"``."""
+    return _NAMES.get(rank, ",".join(["T", "N"] + [f"D{i}" for i in range(rank - 2)]))

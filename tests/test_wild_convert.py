@@ -52,7 +52,7 @@ def test_rank_dependent_forward_converts_every_neuron_and_folds_exactly():
     # MS-ResNet: `if x.ndim == 4: x = x.unsqueeze(0).repeat(T, ...)` on an [N, C, H, W] image.
     _, x, model, report = _convert("ms_resnet")
     assert x.dim() == 4 and len(report.converted) == report.total == 5
-    assert rs.report.record_of(model)["input_layout"] == "N,D0,D1,D2"
+    assert rs.report.record_of(model)["input_layout"] == "N,C,H,W"
     _fold_exact(model, x)
 
 
@@ -133,7 +133,7 @@ def test_state_read_in_forward_is_refused_naming_the_module():
 def test_image_input_repeated_inside_forward():
     _, x, model, report = _convert("csnn")
     assert x.dim() == 4 and _converted(report) == {"conv_fc.2", "conv_fc.6", "conv_fc.10"}
-    assert rs.report.record_of(model)["input_layout"] == "N,D0,D1,D2"
+    assert rs.report.record_of(model)["input_layout"] == "N,C,H,W"
     assert _fold_exact(model, x).fixed_input_dims == {}
 
 

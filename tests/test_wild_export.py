@@ -30,9 +30,9 @@ def _export(name: str, tmp_path, dyadic: bool = True, **convert_kwargs):
 
 
 @pytest.mark.parametrize("name, layout, time_steps", [
-    ("csnn", "N,D0,D1,D2", "in forward"),             # [N, C, H, W] image repeated T times inside
+    ("csnn", "N,C,H,W", "in forward"),             # [N, C, H, W] image repeated T times inside
     ("time_loop_sequence", "T,N,C,H,W", "2"),          # for t in range(x.shape[0]) over single-step modules
-    ("speech_permute", "N,D0,D1,D2", "in forward"),    # [N, C, T, F] permuted to [T, N, ...] inside
+    ("speech_permute", "N,C,H,W", "in forward"),    # [N, C, T, F] permuted to [T, N, ...] inside
 ])
 def test_layouts_export_and_verify_bit_identical(name, layout, time_steps, tmp_path):
     model, x, path = _export(name, tmp_path)
