@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -196,13 +197,19 @@ def main(argv: list[str] | None = None) -> int:
             for dest in (getattr(args, "output", None), getattr(args, "energy_plot", None)):
                 if dest:
                     resolve_destination(dest)  # refuse a directory/FIFO/device before the work, not after
-            return globals()[f"_cmd_{args.command}"](args) or 0
+            status = globals()[f"_cmd_{args.command}"](args) or 0
+            sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+            return status
     except KeyboardInterrupt:
         error_line("interrupted (SIGINT)")
         return 130
     except Terminated:
         error_line("terminated (SIGTERM)")
         return 143
+    except BrokenPipeError:  # `sj-realspike verify ... | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except Exception as e:
         if debug:
             raise
@@ -305,13 +312,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from .bundle import load_bundle
-    from .export import export_onnx
+    from .export import check_opset, export_onnx
+    from .report import record_of
 
     if args.opset is not None:
-        _check_opset(args.opset)
+        try:
+            check_opset(args.opset)
+        except ValueError as e:
+            raise CliError(f"--{e}") from None
     model = load_bundle(args.bundle, trust=args.trust)
-    shape = list(model.meta["sj_realspike"]["example_shape"])
-    if model.meta["sj_realspike"]["source"]["step_mode"] == "s":
+    record = record_of(model)
+    shape = list(record["example_shape"])
+    if record["source"]["step_mode"] == "s" and not record.get("sequence_per_call"):
         if not args.time_steps:
             raise CliError("this is a single-step model: pass --time-steps T (the exported graph runs T steps)")
         shape = [args.time_steps, *shape]
@@ -324,30 +336,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_opset(opset: int) -> None:
-    """Refuse an ``--opset`` that ``torch.onnx.export(dynamo=True)`` would not honour.
-
-    The exporter writes its graphs in the opset its torchlib is implemented in and
-    converts them with onnxscript's version converter; below that opset the conversion
-    often fails and the exporter then keeps its own opset, above the converter's
-    maximum it falls back to onnx's C converter, which silently leaves the model as it is.
-    """
-    from onnxscript.version_converter import _version_converter
-    from torch.onnx import _constants as onnx_constants
-    from torch.onnx._internal.exporter import _constants as exporter_constants
-
-    low, high = exporter_constants.TORCHLIB_OPSET, _version_converter.SUPPORTED_MAX_ONNX_OPSET
-    if not low <= opset <= high:
-        raise CliError(f"--opset {opset} is not supported by the installed torch.onnx exporter: choose "
-                       f"{low} to {high} (default {onnx_constants.ONNX_DEFAULT_OPSET})")
-
-
 def _cmd_verify(args: argparse.Namespace) -> int:
     import torch
 
     from .bundle import load_bundle
     from .verify import verify
 
+    if Path(args.bundle).suffix == ".onnx" and Path(args.onnx).suffix != ".onnx":
+        raise CliError(f"{args.bundle} is an ONNX file and {args.onnx} is not: the bundle comes first "
+                       f"(sj-realspike verify {args.onnx} {args.bundle})")
     model = load_bundle(args.bundle, trust=args.trust)
     x = torch.from_numpy(_load_array(args.input)) if args.input else None  # None: verify's exciting input
     report = verify(model, args.onnx, x, **({} if args.rtol is None else {"rtol": args.rtol}))

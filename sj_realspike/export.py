@@ -24,7 +24,7 @@ from .neurons import is_neuron, is_ternary
 from .report import record_of
 from .state import copy_model
 
-__all__ = ["METADATA_PREFIX", "ExportError", "as_deploy_model", "export_onnx", "model_fingerprint",
+__all__ = ["METADATA_PREFIX", "ExportError", "as_deploy_model", "check_opset", "export_onnx", "model_fingerprint",
            "spike_kinds"]
 
 logger = logging.getLogger(__name__)
@@ -100,6 +100,27 @@ def model_fingerprint(deploy_model: nn.Module, time_steps: int, layout: str) -> 
     return h.hexdigest()
 
 
+def check_opset(opset: int) -> None:
+    """Refuse an opset that ``torch.onnx.export(dynamo=True)`` would not honour.
+
+    The exporter writes its graphs in the opset its torchlib is implemented in and
+    converts them with onnxscript's version converter; below that opset the conversion
+    often fails and the exporter then keeps its own opset, above the converter's
+    maximum it falls back to onnx's C converter, which silently leaves the model as it is.
+
+    Raises:
+        ValueError: ``opset`` is outside that range (the message gives it).
+    """
+    from onnxscript.version_converter import _version_converter
+    from torch.onnx import _constants as onnx_constants
+    from torch.onnx._internal.exporter import _constants as exporter_constants
+
+    low, high = exporter_constants.TORCHLIB_OPSET, _version_converter.SUPPORTED_MAX_ONNX_OPSET
+    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+        raise ValueError(f"opset {opset} is not supported by the installed torch.onnx exporter: choose "
+                         f"{low} to {high} (default {onnx_constants.ONNX_DEFAULT_OPSET})")
+
+
 def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_input: torch.Tensor, *,
                 opset: int | None = None, dynamic_batch: bool = True) -> Path:
     """Export a deploy model to ONNX: binary/ternary spikes, standard ops, ``T`` unrolled.
@@ -129,7 +150,7 @@ def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_i
         deploy_model: the deploy model from `fold` (or a model to fold, see above).
         path: destination ``.onnx`` file.
         example_input: an input sequence ``[T, N, …]``; fixes ``T`` and the feature shape.
-        opset: ONNX opset version (default: the exporter's).
+        opset: ONNX opset version (default: the exporter's; `check_opset` gives the range).
         dynamic_batch: export ``N`` as a dynamic dimension (otherwise fixed to the example's).
 
     Returns:
@@ -137,10 +158,13 @@ def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_i
 
     Raises:
         TypeError: ``example_input`` is not a tensor.
-        ValueError: ``example_input`` is not a float tensor ``[T, N, …]`` the model accepts.
+        ValueError: ``example_input`` is not a float tensor ``[T, N, …]`` the model accepts, or
+            ``opset`` is out of the exporter's range.
         UnsupportedPatternError: the model cannot be folded or lowered (names the node).
         ExportError: the exporter or the ONNX checker failed.
     """
+    if opset is not None:
+        check_opset(opset)
     x = _check_example(example_input)
     layout = input_layout_of(deploy_model, x)
     layout.check(x, record_of(deploy_model).get("example_shape"))

@@ -121,6 +121,9 @@ BAD = [
     (["fold", "c.bundle", "-o", "out.fifo", "--trust", "nets"], r"cannot write out.fifo: it is a FIFO \(named pipe\)"),
     (["inspect", "out.fifo"], r"out.fifo is not a regular file"),
     (["inspect", "c.bundle", "--trust", "nets", "--energy-plot", "adir"], r"cannot write adir: it is a directory"),
+    (["verify", "m.onnx", "c.bundle", "--trust", "nets"],
+     r"m.onnx is an ONNX file and c.bundle is not: the bundle comes first \(sj-realspike verify c.bundle m.onnx\)"),
+    (["export", "c.bundle", "-o", "out.onnx", "--trust", "nets", "--opset", "99"], r"--opset 99 is not supported"),
     (["frobnicate"], r"argument COMMAND: invalid choice: 'frobnicate'"),
     (["fold", "c.bundle", "-o", "out.bundle", "--no-such-flag"], r"unrecognized arguments: --no-such-flag"),
     (["demo", "--epochs", "0"], r"argument --epochs: must be at least 1, got 0 \(see sj-realspike demo --help\)"),
@@ -325,3 +328,34 @@ def test_fold_of_a_plain_network_warns_and_export_stays_quiet(tmp_path):
         warnings.simplefilter("error", NotConvertedWarning)
         rs.fold(rs.fold(rs.convert_model(net, nets.example("m"))))  # converted, then deploy: no warning
         rs.export_onnx(net, tmp_path / "plain.onnx", nets.example("m"))  # announces its fold in a log line
+
+
+def test_export_onnx_api_checks_the_opset_too(tmp_path):
+    x = nets.example("m")
+    deploy = rs.fold(rs.convert_model(nets.custom(**KWARGS), x))
+    with pytest.raises(ValueError, match=r"opset 99 is not supported by the installed torch.onnx exporter"):
+        rs.export_onnx(deploy, tmp_path / "m.onnx", x, opset=99)
+    assert not list(tmp_path.iterdir())
+
+
+def test_output_into_a_closed_pipe_is_quiet(work, monkeypatch, capsys):
+    """`sj-realspike inspect ... | head -1`: once the reader has gone, no 'Broken pipe' error line."""
+    import io
+
+    class ClosedPipe(io.TextIOBase):
+        def __init__(self):
+            self.fd = os.open(os.devnull, os.O_WRONLY)
+
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self):
+            return self.fd
+
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert cli.main(["inspect", "m.onnx"]) == 141
+    assert "Broken pipe" not in capsys.readouterr().err
