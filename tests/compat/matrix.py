@@ -32,6 +32,7 @@ import json
 import multiprocessing
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -86,6 +87,7 @@ class Cell:
     total: int | None = None  # neuron modules convert found
     skipped: str = ""  # `skipped_note` of the neurons convert skipped
     silent: int = 0  # deploy neurons that never fired in verify (their synapses went unchecked)
+    commit: str = ""  # the checkout's HEAD when the worker that ran the cell imported sj_realspike
 
 
 class CellTimeout(Exception):
@@ -224,6 +226,8 @@ def to_markdown(results: list[Cell], expected: dict[str, int]) -> str:
              "purity; refused = a clear error naming the node; fail = anything else, a bug). "
              "\"converted / total\": neuron modules given an amplitude over neuron modules found (a module called "
              "in a time loop counts once); the notes say why the others were skipped.", "",
+             f"Cells ran at commit(s) {', '.join(sorted({c.commit for c in results if c.commit})) or 'unknown'}.",
+             "",
              "Neurons converted per family (models and wild tables: real spikes, channel granularity):", "",
              *family_summary(results), ""]
     if by_table["models"]:
@@ -269,8 +273,21 @@ def _key(cell: Cell) -> tuple[str, ...]:
     return cell.table, cell.model, cell.neuron, cell.spike, cell.granularity, cell.step_mode
 
 
+_COMMIT = ""
+
+
+def _head() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
 def _worker_init() -> None:
+    global _COMMIT
     torch.set_num_threads(1)
+    _COMMIT = _head()
 
 
 def _timeout(signum, frame):
@@ -284,7 +301,9 @@ def _run_in_worker(job: tuple[Cell, int]) -> Cell:
     signal.alarm(timeout)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            return run_cell(cell, Path(tmp))
+            cell = run_cell(cell, Path(tmp))
+        cell.commit = _COMMIT
+        return cell
     finally:
         signal.alarm(0)
 

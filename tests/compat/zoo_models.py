@@ -114,6 +114,10 @@ def _spike_dhs():
 MODEL_CASES: list[Case] = [
     *_torchvision_cases(spiking_resnet, "spiking", "others", {}),
     *_torchvision_cases(sew_resnet, "sew", "SeqToANNContainer/SEW", {"cnf": "ADD"}),
+    *[Case(f"SEWResNet ({cnf})", "sew_resnet", "SeqToANNContainer/SEW",
+           lambda cnf=cnf: (_multi_step(sew_resnet.SEWResNet(sew_resnet.BasicBlock, [1, 1, 1, 1], num_classes=10,
+                                                             cnf=cnf, **LIF)), _rgb()),
+           f"SEWResNet(BasicBlock, [1, 1, 1, 1], cnf='{cnf}'), 32x32") for cnf in ("AND", "IAND")],
     *_vgg_cases(),
     *_ottt_cases(),
     *_plif_net_cases(),
