@@ -246,7 +246,8 @@ class ConcreteTracer(fx.Tracer):
             _erase_after(self.graph, mark)
             _restore(state)
             self.calls = calls
-            for key in [k for k in self.module_stack if self.module_stack[k][0].startswith(path)][::-1]:
+            inside = [k for k, (p, _) in self.module_stack.items() if p == path or p.startswith(path + ".")]
+            for key in inside[::-1]:
                 self.module_stack.pop(key)
             self._opaque_paths.add(path)
             self.opaque.append((path, f"its forward cannot be traced ({type(e).__name__}: "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import numbers
 import operator
+from collections.abc import Callable
 
 import torch
 import torch.fx as fx
@@ -86,59 +87,40 @@ def classify(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
         if isinstance(m, _TEMPORAL):
             return OpKind.TEMPORAL
         return OpKind.OTHER
-    if node.op == "call_function":
+    if node.op in ("call_function", "call_method"):
+        # Functions are matched by identity, methods by name; the first row that applies wins.
         t = node.target
-        if t in _RESHAPE_FUNCS:
-            return OpKind.RESHAPE
-        if t in _AVGPOOL_FUNCS:
-            return OpKind.AVGPOOL
-        if t in _MAXPOOL_FUNCS and not node.kwargs.get("return_indices", False):
-            return OpKind.MAXPOOL
-        if t in _ADD_FUNCS and "alpha" not in node.kwargs:
-            return OpKind.ADD
-        if (t in _MUL_FUNCS or t in _DIV_FUNCS) and scalar_factor(node) is not None:
-            return OpKind.SCALAR
-        if t in _MUL_FUNCS and len(node.args) == 2 and not node.kwargs and all(isinstance(a, fx.Node) for a in node.args):
-            return OpKind.HADAMARD
-        if t is getattr and node.args[1] in ("shape", "ndim", "dtype", "device"):
-            return OpKind.SHAPE
-        if t in (F.dropout, F.dropout2d):
-            return OpKind.IDENTITY
-        if t in _PERMUTE_FUNCS:
-            return OpKind.PERMUTE
-        if t in _MEAN_FUNCS and _reduced_dims(node) is not None:
-            return OpKind.MEAN
-        if t in _SPLIT_FUNCS:
-            return OpKind.SPLIT
-        if t is operator.getitem:
-            return OpKind.GETITEM
-        if t in _MATMUL_FUNCS:
-            return OpKind.MATMUL
-        return OpKind.OTHER
-    if node.op == "call_method":
-        t = node.target
-        if t in _RESHAPE_METHODS:
-            return OpKind.RESHAPE
-        if t == "add" and "alpha" not in node.kwargs:
-            return OpKind.ADD
-        if t in ("mul", "div") and scalar_factor(node) is not None:
-            return OpKind.SCALAR
-        if t == "mul" and len(node.args) == 2 and not node.kwargs and all(isinstance(a, fx.Node) for a in node.args):
-            return OpKind.HADAMARD
-        if t in ("size", "dim"):
-            return OpKind.SHAPE
-        if t in _PERMUTE_METHODS:
-            return OpKind.PERMUTE
-        if t in _MEAN_METHODS and _reduced_dims(node) is not None:
-            return OpKind.MEAN
-        if t in _SPLIT_METHODS:
-            return OpKind.SPLIT
-        if t == "matmul":
-            return OpKind.MATMUL
-        if t in _IDENTITY_METHODS and len(node.args) == 1:
-            return OpKind.IDENTITY
-        return OpKind.OTHER
+        for kind, functions, methods, applies in _CALLS:
+            if (t in methods if node.op == "call_method" else t in functions) and (applies is None or applies(node)):
+                return kind
     return OpKind.OTHER
+
+
+def _two_tensors(node: fx.Node) -> bool:
+    return len(node.args) == 2 and not node.kwargs and all(isinstance(a, fx.Node) for a in node.args)
+
+
+def _is_shape_attr(node: fx.Node) -> bool:
+    return node.target is not getattr or node.args[1] in ("shape", "ndim", "dtype", "device")
+
+
+# (kind, functions, method names, extra condition): how call_function / call_method nodes classify.
+_CALLS: tuple[tuple[OpKind, frozenset, frozenset, Callable[[fx.Node], bool] | None], ...] = tuple(
+    (kind, frozenset(functions), frozenset(methods), applies) for kind, functions, methods, applies in (
+        (OpKind.RESHAPE, _RESHAPE_FUNCS, _RESHAPE_METHODS, None),
+        (OpKind.AVGPOOL, _AVGPOOL_FUNCS, (), None),
+        (OpKind.MAXPOOL, _MAXPOOL_FUNCS, (), lambda n: not n.kwargs.get("return_indices", False)),
+        (OpKind.ADD, _ADD_FUNCS, ("add",), lambda n: "alpha" not in n.kwargs),
+        (OpKind.SCALAR, _MUL_FUNCS | _DIV_FUNCS, ("mul", "div"), lambda n: scalar_factor(n) is not None),
+        (OpKind.HADAMARD, _MUL_FUNCS, ("mul",), _two_tensors),
+        (OpKind.SHAPE, (getattr,), ("size", "dim"), _is_shape_attr),
+        (OpKind.IDENTITY, (F.dropout, F.dropout2d), _IDENTITY_METHODS, lambda n: n.op == "call_function" or len(n.args) == 1),
+        (OpKind.PERMUTE, _PERMUTE_FUNCS, _PERMUTE_METHODS, None),
+        (OpKind.MEAN, _MEAN_FUNCS, _MEAN_METHODS, lambda n: _reduced_dims(n) is not None),
+        (OpKind.SPLIT, _SPLIT_FUNCS, _SPLIT_METHODS, None),
+        (OpKind.GETITEM, (operator.getitem,), (), None),
+        (OpKind.MATMUL, _MATMUL_FUNCS, ("matmul",), None),
+    ))
 
 
 def _reduced_dims(node: fx.Node) -> tuple[int, ...] | None:

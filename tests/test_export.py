@@ -161,7 +161,7 @@ def test_unfolded_amplitude_in_its_own_scope_is_found_statically(tmp_path):
     assert sorted(v.neuron for v in report.violations) == ["sn1", "sn2", "sn3", "stem.2"]
     assert all(v.op_type == "Mul" and v.scope != v.neuron and "Node" not in v.module_class for v in report.violations)
     assert {(v.scope, v.module_class) for v in report.violations if v.neuron != "stem.2"} == {
-        (f"{n}_amplitude", "sj_realspike.amplitude.Amplitude") for n in ("sn1", "sn2", "sn3")}
+        (f"{n}.spike_amplitude", "sj_realspike.amplitude.Amplitude") for n in ("sn1", "sn2", "sn3")}
 
 
 def test_export_folds_a_converted_model_and_says_so(tmp_path, caplog):
