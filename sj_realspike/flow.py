@@ -152,10 +152,12 @@ class _Walker:
             OpKind.GETITEM: self._getitem,
             OpKind.MATMUL: self._matmul,
             OpKind.HADAMARD: self._hadamard,
+            OpKind.CAT: self._cat,
         }.get(kind)
         only_first_input = len(carried) == 1 and node.args[:1] == (carried[0],) and carried[0] not in (
             *node.args[1:], *node.kwargs.values())
-        if handler is None or (kind not in (OpKind.ADD, OpKind.MATMUL, OpKind.HADAMARD) and not only_first_input):
+        if handler is None or (kind not in (OpKind.ADD, OpKind.MATMUL, OpKind.HADAMARD, OpKind.CAT)
+                               and not only_first_input):
             self._block(node, carried, self._unsupported_reason(node, kind),
                         "Scaled spikes may only pass reshapes, pooling, dropout, scalar factors and "
                         "additions on their way to a conv/linear layer or a neuron; leave this neuron "
@@ -418,6 +420,38 @@ class _Walker:
                                                           * full_rank(t.scale, len(out_shape) - batch))
         new = self._replay2(node, a.node, b.node)
         self.exprs[node] = (Term(new, out_shape, scale, batch, a.sources + b.sources),)
+
+    def _cat(self, node: fx.Node) -> None:
+        """``cat([α ⊙ A, β ⊙ B], d)`` = ``cat(α, β) ⊙ cat(A, B)`` along a feature dim (unscaled parts: 1)."""
+        parts = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        carried = [a for a in parts if isinstance(a, fx.Node) and a in self.exprs]
+        out_shape = self._shape(node)
+        sides = []
+        for arg in parts:
+            terms = self.exprs.get(arg, (Term(arg, self._shape(arg), None, 0),))
+            if len(terms) != 1 or terms[0].deferred:
+                self._block(node, carried, f"{describe(node, self.modules)} concatenates a sum of spike trains "
+                            "(or pooled element-wise amplitudes)", "Leave the neurons feeding it binary")
+            sides.append(terms[0])
+        scaled = [t for t in sides if t.scale is not None]
+        b = scaled[0].batch_dims
+        rank = len(out_shape)
+        d = dim % rank
+        if any(t.batch_dims != b for t in scaled) or d < b:
+            self._block(node, carried, f"{describe(node, self.modules)} concatenates along a batch/time dim or "
+                        "spikes with different batch/time layouts", "Concatenate feature dims of [T, N, ...] spikes")
+        one = torch.ones((), dtype=torch.float64)
+        scale = torch.cat([full_rank(t.scale if t.scale is not None else one, rank - b)
+                           .expand(t.shape[b:]) for t in sides], dim=d - b)
+        if self.rewrite:
+            with self.graph.inserting_before(node):
+                new = self.graph.create_node(node.op, node.target, ([t.node for t in sides], *node.args[1:]),
+                                             dict(node.kwargs))
+            new.meta = dict(node.meta)
+        else:
+            new = node
+        self.exprs[node] = (Term(new, out_shape, compact(scale), b, tuple(s for t in sides for s in t.sources)),)
 
     def _shape_query(self, node: fx.Node) -> None:
         if not self.rewrite:

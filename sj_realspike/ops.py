@@ -37,6 +37,7 @@ class OpKind(enum.Enum):
     GETITEM = "getitem"  # indexing / slicing, or one slice of a split
     MATMUL = "matmul"  # product of two tensors (attention), bilinear
     HADAMARD = "hadamard"  # element-wise product of two tensors (SEW AND, QKFormer's attn * k)
+    CAT = "cat"  # concatenation of tensors along a dim
     SHAPE = "shape"  # reads a shape, not values
     OUTPUT = "output"
     OTHER = "other"
@@ -119,6 +120,7 @@ _CALLS: tuple[tuple[OpKind, frozenset, frozenset, Callable[[fx.Node], bool] | No
         (OpKind.MEAN, _MEAN_FUNCS, _MEAN_METHODS, lambda n: _reduced_dims(n) is not None),
         (OpKind.SPLIT, _SPLIT_FUNCS, _SPLIT_METHODS, None),
         (OpKind.GETITEM, (operator.getitem,), (), None),
+        (OpKind.CAT, (torch.cat, torch.concat, torch.concatenate), (), None),
         (OpKind.MATMUL, _MATMUL_FUNCS, ("matmul",), None),
     ))
 

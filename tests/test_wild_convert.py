@@ -227,3 +227,30 @@ def test_branch_on_tensor_values_is_refused_not_frozen():
         rs.fold(model)
     with pytest.raises(rs.UnsupportedPatternError, match=r"branches \(or loops\) on tensor values"):
         rs.fold(model, example_input=x)
+
+
+@pytest.mark.parametrize("granularity", ["layer", "channel", "element"])
+def test_concatenated_spikes_fold(granularity):
+    # DARTS-style cells (SpikeDHS) concatenate the spikes of several neurons along channels.
+    from spikingjelly.activation_based import layer
+    import torch.nn as nn
+
+    class CatNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.b1, self.n1 = layer.Conv2d(3, 4, 3, padding=1), layer.BatchNorm2d(4), neuron.LIFNode()
+            self.c2, self.b2, self.n2 = layer.Conv2d(3, 4, 3, padding=1), layer.BatchNorm2d(4), neuron.IFNode()
+            self.c3, self.n3 = layer.Conv2d(8, 4, 3, padding=1), neuron.IFNode()
+            self.flat, self.fc = layer.Flatten(), layer.Linear(4 * 8 * 8, 2)
+
+        def forward(self, x):
+            spikes = torch.cat([self.n1(self.b1(self.c1(x))), self.n2(self.b2(self.c2(x)))], dim=2)
+            return self.fc(self.flat(self.n3(self.c3(spikes))))
+
+    torch.manual_seed(0)
+    net = CatNet()
+    functional.set_step_mode(net, "m")
+    x = torch.rand(2, 2, 3, 8, 8) * 4
+    model = rs.convert_model(net, x, granularity=granularity)
+    assert len(rs.conversion_report(model).converted) == 3
+    _fold_exact(model, x)

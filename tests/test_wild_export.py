@@ -72,3 +72,39 @@ def test_a_graph_specialized_to_T_refuses_another_T(tmp_path):
     assert rs.fold_report(deploy).fixed_input_dims == {0: 2}
     with pytest.raises(ValueError, match=r"captured for 2 there .*loop over x\.shape\[0\]"):
         rs.export_onnx(deploy, tmp_path / "t3.onnx", torch.rand(3, *x.shape[1:]))
+
+
+@pytest.mark.parametrize("name, neuron_path", [("ilif", "sn1"), ("analog_surrogate", "sn1")])
+def test_neurons_that_never_emit_spikes_are_not_counted_as_impure(name, neuron_path, tmp_path):
+    # The model's own ILIF emits counts: not sj-realspike's doing, so purity does not speak for it.
+    model, x, path = _export(name, tmp_path, dyadic=False)
+    report = rs.verify(model, path, x, rtol=1e-3)
+    assert report.not_spiking == [neuron_path]
+    assert report.purity == 1.0 and report.neurons and neuron_path not in {n.neuron for n in report.neurons}
+    assert "emit non-spike values in the model itself" in str(report)
+
+
+def test_models_with_several_outputs_are_compared_on_all(tmp_path):
+    import torch.nn as nn
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    class TwoHeads(nn.Module):  # SpikeDHS returns (logits, aux)
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.sn, self.fc2, self.fc3 = layer.Linear(6, 8), neuron.IFNode(), layer.Linear(8, 3), \
+                layer.Linear(8, 2)
+
+        def forward(self, x):
+            s = self.sn(self.fc1(x))
+            return self.fc2(s), self.fc3(s)
+
+    torch.manual_seed(0)
+    net = TwoHeads()
+    functional.set_step_mode(net, "m")
+    x = torch.rand(2, 2, 6) * 4
+    model = rs.convert_model(net, x)
+    make_dyadic(model, x)
+    rs.export_onnx(rs.fold(model), tmp_path / "two.onnx", x)
+    report = rs.verify(model, tmp_path / "two.onnx", x)
+    assert report.ok, report.failures
+    assert report.comparison("trained", "onnx").shapes[0] == (2 * 2 * 3 + 2 * 2 * 2,)
