@@ -138,7 +138,6 @@ class _Walker:
             OpKind.RESHAPE: self._linear_op,
             OpKind.AVGPOOL: self._linear_op,
             OpKind.IDENTITY: self._identity,
-            OpKind.TEMPORAL: self._temporal,
             OpKind.SCALAR: self._scalar,
             OpKind.MAXPOOL: self._maxpool,
             OpKind.ADD: self._add,
@@ -230,16 +229,6 @@ class _Walker:
 
     def _identity(self, node: fx.Node) -> None:
         self.exprs[node] = self._terms(node)
-
-    def _temporal(self, node: fx.Node) -> None:
-        """A filter over time acting on each feature alone: every scale passes it unchanged."""
-        terms = []
-        for t in self._terms(node):
-            if t.deferred:
-                self._block_term(t, node, f"{describe(node, self.modules)} filters pooled element-wise amplitudes",
-                                 "Use channel granularity for this neuron")
-            terms.append(replace(t, node=self._replay(node, t.node)))
-        self.exprs[node] = tuple(terms)
 
     def _scalar(self, node: fx.Node) -> None:
         c = scalar_factor(node)

@@ -28,7 +28,6 @@ class OpKind(enum.Enum):
     AVGPOOL = "avgpool"  # linear, channel-preserving
     MAXPOOL = "maxpool"  # commutes with non-negative per-channel scaling only
     IDENTITY = "identity"  # dropout (identity at inference), nn.Identity
-    TEMPORAL = "temporal"  # linear in time, element-wise in features (SynapseFilter)
     SCALAR = "scalar"  # multiply / divide by a Python number
     ADD = "add"
     PERMUTE = "permute"  # permute / transpose: moves dims
@@ -59,7 +58,6 @@ _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 _MUL_FUNCS = {operator.mul, operator.imul, torch.mul}
 _DIV_FUNCS = {operator.truediv, operator.itruediv, torch.div}
 
-_TEMPORAL = tuple(c for c in (getattr(layer, "SynapseFilter", None),) if c is not None)
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, layer.Dropout, layer.Dropout2d)
 
 
@@ -85,8 +83,6 @@ def classify(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
             return OpKind.MAXPOOL if not m.return_indices else OpKind.OTHER
         if isinstance(m, _DROPOUT):
             return OpKind.IDENTITY
-        if isinstance(m, _TEMPORAL):
-            return OpKind.TEMPORAL
         return OpKind.OTHER
     if node.op in ("call_function", "call_method"):
         # Functions are matched by identity, methods by name; the first row that applies wins.

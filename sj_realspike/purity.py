@@ -30,8 +30,8 @@ __all__ = ["SpikeTensor", "Violation", "spike_tensors", "static_violations"]
 _SCOPES, _CLASSES = "pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy"
 _NEURONS = (neuron.BaseNode, neuron.SimpleBaseNode, LoweredNeuron)
 _TERNARY = (neuron.TernaryIFNode, neuron.TernaryLIFNode, TernaryParametricLIFNode, LoweredTernaryNeuron)
-# Where spikes arrive: fold-made synapses, and linear filters of the model's own (SynapseFilter's
-# decay multiplies what it integrates, not an amplitude).
+# Where spikes arrive: fold-made synapses, and the model's own synaptic filters (SynapseFilter's
+# decay multiplies what it integrates, not an amplitude; amplitudes never pass it).
 _SYNAPSE_MODULES = (DiagonalSynapse, UnsharedConv2d, LoweredDiagonalSynapse, LoweredUnsharedConv2d, layer.SynapseFilter)
 _SYNAPSE_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MatMul", "MatMulInteger", "QLinearMatMul",
                 "Gemm", "Einsum"}
