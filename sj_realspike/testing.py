@@ -115,9 +115,9 @@ def make_dyadic(model: nn.Module, x: torch.Tensor, seed: int = 0, amplitudes: bo
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over the calibration pass
     model.train()
-    with torch.no_grad():
-        model(x)
+    model(x)  # with autograd on: models may register gradient hooks in training mode (cifar10_r11's LIF)
     functional.reset_net(model)
+    model.zero_grad(set_to_none=True)
     with torch.no_grad():
         for bn in bns:
             bn.eps = 0.0

@@ -457,9 +457,8 @@ def _run(model: nn.Module, x: torch.Tensor, steps: bool,
 
 def _as_one_tensor(y: object) -> torch.Tensor:
     """A model's output as one float tensor: several outputs (``(logits, aux)``) flattened and joined."""
-    if isinstance(y, (tuple, list)):
-        leaves = [torch.as_tensor(np.asarray(t) if not isinstance(t, torch.Tensor) else t) for t in y]
-        return torch.cat([t.detach().float().cpu().reshape(-1) for t in leaves])
+    if isinstance(y, (tuple, list)):  # ONNX drops None outputs (an aux head that is off in eval mode)
+        return torch.cat([_as_one_tensor(t).reshape(-1) for t in y if t is not None])
     return torch.as_tensor(y).detach().float().cpu()
 
 
