@@ -329,6 +329,9 @@ def verify(model: nn.Module, onnx_path: str | os.PathLike[str], x: torch.Tensor 
     recorded: dict[str, list[torch.Tensor]] = {}
     outputs["deploy"] = _run(deploy, x, steps, recorded)
     outputs["onnx"] = _as_one_tensor(runner(x_np))
+    if len({tuple(o.shape) for o in outputs.values()}) > 1 and len({o.numel() for o in outputs.values()}) == 1:
+        # A tuple output flattened on one side may be a single tensor on the other ((logits, None) → logits).
+        outputs = {k: o.reshape(-1) for k, o in outputs.items()}
 
     report = VerifyReport(path, tuple(x.shape), rtol=float(rtol))
     report.nonfinite = {"input": _count_nonfinite(x.float())} | {k: _count_nonfinite(v) for k, v in outputs.items()}
