@@ -210,7 +210,7 @@ EXAMPLE_CASES: list[Case] = [
 ]
 
 WILD_CASES: list[Case] = [
-    *[Case(name, "tests/wild.py", _FAMILY.get(name, "others"), _wild(name), wild.WILD[name].notes.split(":")[0],
+    *[Case(name, "tests/wild.py", _FAMILY.get(name, "others"), _wild(name), wild.WILD[name].notes.split(". ")[0],
            neuron="", single_step=name in _SINGLE_STEP) for name in wild.WILD],
     *EXAMPLE_CASES,
     *[Case(f"NeuronSwapNet + {name}", "SpikingJelly neuron types", "neuron types", _swap(factory, single),
