@@ -16,6 +16,7 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional
 
 from .atomic import atomic_write
+from .blame import blame_export_failure
 from .errors import RealSpikeError
 from .fold import NotConvertedWarning, fold
 from .layout import InputLayout, input_layout_of
@@ -222,6 +223,8 @@ def _export(lowered: fx.GraphModule, x: torch.Tensor, opset: int | None, dynamic
         while root.__cause__ is not None:
             root = root.__cause__
         first = re.sub(r"\x1b\[[0-9;]*m", "", str(root)).strip().split("\n")[0]
+        if (blamed := blame_export_failure(lowered, trace_x, functional.reset_net)) is not None:
+            raise blamed from e
         raise ExportError(f"torch.onnx.export failed on the lowered deploy model ({type(root).__name__}: {first})") from e
     finally:
         functional.reset_net(lowered)

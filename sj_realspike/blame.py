@@ -1,0 +1,90 @@
+"""`blame_export_failure`: which module of a lowered graph made ``torch.onnx.export`` fail.
+
+The exporter's errors name no module: a data-dependent branch deep inside a neuron kept
+with its framework's own forward (e.g. SpikingJelly's `MaskedPSN` tests ``lambda_ >= 1``
+on a buffer) surfaces as ``GuardOnDataDependentSymNode`` with a line number in the
+framework's source. After a failed export, each module of the graph that is neither a
+standard ``torch.nn`` layer nor one of this package's lowered modules is captured on its
+own with ``torch.export`` on the input it received in one run of the graph; the first one
+that does not capture is the culprit, reported with its node name and the cause.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .errors import UnsupportedPatternError
+
+
+def _suspects(gm: fx.GraphModule) -> dict[str, nn.Module]:
+    """Modules called by the graph whose forward is neither torch's nor this package's."""
+    modules = dict(gm.named_modules())
+    found: dict[str, nn.Module] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        m = modules[node.target]
+        home = type(m).__module__
+        if not (home.startswith("torch.") or home.startswith("sj_realspike.")):
+            found.setdefault(node.target, m)
+    return found
+
+
+def _inputs_seen(gm: fx.GraphModule, suspects: dict[str, nn.Module], x: torch.Tensor) -> dict[str, tuple]:
+    """The positional inputs each suspect received in one no-grad run of the graph."""
+    seen: dict[str, tuple] = {}
+    hooks = [m.register_forward_pre_hook(lambda _m, args, name=name: seen.setdefault(name, args))
+             for name, m in suspects.items()]
+    try:
+        with torch.no_grad():
+            gm(x)
+    except Exception:  # the graph itself fails in eager mode: the inputs seen so far still tell
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _first_line(e: BaseException) -> str:
+    root = e
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(root)).strip().split("\n")[0]
+    return f"{type(root).__name__}: {text}"
+
+
+def blame_export_failure(gm: fx.GraphModule, x: torch.Tensor, reset) -> UnsupportedPatternError | None:
+    """The error naming the module whose own forward ``torch.export`` cannot capture, or ``None``.
+
+    Args:
+        gm: the lowered graph whose export failed.
+        x: the input the export was traced with.
+        reset: called with a module to reset its state (so capture starts from reset state).
+    """
+    suspects = _suspects(gm)
+    if not suspects:
+        return None
+    reset(gm)
+    seen = _inputs_seen(gm, suspects, x)
+    for name, args in seen.items():
+        m = suspects[name]
+        reset(m)
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.export.export(m, args, strict=False)
+        except Exception as e:
+            return UnsupportedPatternError(
+                name, f"{type(m).__name__} has no export lowering, and its own forward cannot be captured "
+                f"for ONNX ({_first_line(e)})",
+                "Deploy this neuron type outside ONNX, or replace it with one that has a lowering "
+                "(IF/LIF/PLIF and their ternary twins)")
+        finally:
+            reset(m)
+    return None
