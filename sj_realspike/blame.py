@@ -5,8 +5,10 @@ with its framework's own forward (e.g. SpikingJelly's `MaskedPSN` tests ``lambda
 on a buffer) surfaces as ``GuardOnDataDependentSymNode`` with a line number in the
 framework's source. After a failed export, each module of the graph that is neither a
 standard ``torch.nn`` layer nor one of this package's lowered modules is captured on its
-own with ``torch.export`` on the input it received in one run of the graph; the first one
-that does not capture is the culprit, reported with its node name and the cause.
+own with ``torch.onnx.export`` on the input it received in one run of the graph; the first
+one that does not export is the culprit, reported with its node name and the cause (a
+branch the capture cannot take, or an op such as a framework's custom kernel that has no
+ONNX function).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def blame_export_failure(gm: fx.GraphModule, x: torch.Tensor, reset) -> UnsupportedPatternError | None:
-    """The error naming the module whose own forward ``torch.export`` cannot capture, or ``None``.
+    """The error naming the module whose own forward does not export to ONNX, or ``None``.
 
     Args:
         gm: the lowered graph whose export failed.
@@ -78,11 +80,11 @@ def blame_export_failure(gm: fx.GraphModule, x: torch.Tensor, reset) -> Unsuppor
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.export.export(m, args, strict=False)
+                torch.onnx.export(m, args, dynamo=True, optimize=False, verbose=False)
         except Exception as e:
             return UnsupportedPatternError(
-                name, f"{type(m).__name__} has no export lowering, and its own forward cannot be captured "
-                f"for ONNX ({_first_line(e)})",
+                name, f"{type(m).__name__} has no export lowering, and its own forward cannot be exported "
+                f"to ONNX ({_first_line(e)})",
                 "Deploy this neuron type outside ONNX, or replace it with one that has a lowering "
                 "(IF/LIF/PLIF and their ternary twins)")
         finally:

@@ -114,6 +114,6 @@ def test_a_kept_neuron_whose_own_forward_cannot_be_exported_is_named(tmp_path):
     # MaskedPSN has no lowering and branches on a buffer's value (lambda_ >= 1) in its forward, so
     # torch.onnx.export fails deep inside SpikingJelly: the error must name the neuron, not the exporter.
     with pytest.raises(rs.UnsupportedPatternError, match=r"node 'sn1': MaskedPSN has no export lowering, and its "
-                                                         r"own forward cannot be captured for ONNX \(GuardOnData"):
+                                                         r"own forward cannot be exported to ONNX \(GuardOnData"):
         _export("masked_psn", tmp_path)
     assert not list(tmp_path.iterdir())  # no partial file
