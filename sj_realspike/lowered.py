@@ -104,7 +104,46 @@ class LoweredNeuron(nn.Module):
         return self.fire_all(xs).reshape(x.shape)
 
     def fire_all(self, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Spikes ``[T, M]`` for the per-step inputs ``xs`` (each ``[1, M]``)."""
+        """Spikes ``[T, M]`` for the per-step inputs ``xs`` (each ``[1, M]``).
+
+        With a hard reset the spikes come from one comparison on all steps joined (the
+        reset needs only ``[h < θ]``); a soft reset needs each step's spikes.
+        """
+        last, v = len(xs) - 1, None
+        if self.v_reset is None:
+            spikes = []
+            for t, x in enumerate(xs):
+                h = self.charged(v, x)
+                s = self.fire(h)
+                if t < last:
+                    v = self.next_membrane(h, s)
+                spikes.append(s)
+            return torch.cat(spikes, 0)
+        hs = []
+        for t, x in enumerate(xs):
+            h = self.charged(v, x)
+            hs.append(h)
+            if t < last:
+                v = self.next_membrane(h, None)
+        return self.fire(torch.cat(hs, 0))  # not 1 − keep: a NaN membrane does not fire
+
+    def step(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One time step from membrane ``v`` (the shape of ``x``): the spikes and the next membrane.
+
+        The ops of one step of `fire_all`, with the state an explicit input (a streaming
+        graph runs this once per call). ``v`` starts at `rest`: from there the charge gives
+        the same values as `fire_all`'s first step, which starts from the constant.
+        """
+        h = self.charged(v, x)
+        s = self.fire(h)
+        return s, self.next_membrane(h, s)
+
+    def fire(self, h: torch.Tensor) -> torch.Tensor:
+        """Spikes for the charged membrane ``h``."""
+        raise NotImplementedError
+
+    def next_membrane(self, h: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
+        """The membrane after the reset (``s``: the spikes of ``h``; a hard reset needs none)."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------- charge
@@ -138,57 +177,32 @@ class LoweredNeuron(nn.Module):
 class LoweredBinaryNeuron(LoweredNeuron):
     """Spikes ``s = [h ≥ θ]`` ∈ {0, 1}; hard reset ``v = s·v_r + (1 − s)·h`` or soft ``v = h − θ·s``."""
 
-    def fire_all(self, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        th, last = self.v_threshold, len(xs) - 1
-        v = None
+    def fire(self, h: torch.Tensor) -> torch.Tensor:
+        return (h >= self.v_threshold).to(h.dtype)
+
+    def next_membrane(self, h: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
+        th = self.v_threshold
         if self.v_reset is None:
-            spikes = []
-            for t, x in enumerate(xs):
-                h = self.charged(v, x)
-                s = (h >= th).to(h.dtype)
-                if t < last:
-                    v = h - (s if th == 1.0 else s * th)
-                spikes.append(s)
-            return torch.cat(spikes, 0)
-        hs = []
-        for t, x in enumerate(xs):
-            h = self.charged(v, x)
-            hs.append(h)
-            if t < last:
-                keep = (h < th).to(h.dtype)  # 1 where the neuron stays silent (NaN: 0, and NaN · 0 stays NaN)
-                v = h * keep
-                if self.v_reset != 0.0:
-                    v = v + (1.0 - keep) * self.v_reset
-        h_all = torch.cat(hs, 0)
-        return (h_all >= th).to(h_all.dtype)  # not 1 − keep: a NaN membrane does not fire
+            return h - (s if th == 1.0 else s * th)
+        keep = (h < th).to(h.dtype)  # 1 where the neuron stays silent (NaN: 0, and NaN · 0 stays NaN)
+        v = h * keep
+        return v + (1.0 - keep) * self.v_reset if self.v_reset != 0.0 else v
 
 
 class LoweredTernaryNeuron(LoweredNeuron):
     """Spikes +1 at ``h ≥ θ``, −1 at ``h ≤ −θ``, else 0; both polarities reset."""
 
-    def fire_all(self, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def fire(self, h: torch.Tensor) -> torch.Tensor:
         th = self.v_threshold
-        v = None
+        return (h >= th).to(h.dtype) - (h <= -th).to(h.dtype)
+
+    def next_membrane(self, h: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
+        th = self.v_threshold
         if self.v_reset is None:
-            spikes = []
-            for t, x in enumerate(xs):
-                h = self.charged(v, x)
-                s = (h >= th).to(h.dtype) - (h <= -th).to(h.dtype)
-                if t < len(xs) - 1:
-                    v = h - (s if th == 1.0 else s * th)
-                spikes.append(s)
-            return torch.cat(spikes, 0)
-        hs = []
-        for t, x in enumerate(xs):
-            h = self.charged(v, x)
-            hs.append(h)
-            if t < len(xs) - 1:
-                keep = (h.abs() < th).to(h.dtype)  # −θ < h < θ: no spike (NaN: 0, and NaN · 0 stays NaN)
-                v = h * keep
-                if self.v_reset != 0.0:
-                    v = v + (1.0 - keep) * self.v_reset
-        h_all = torch.cat(hs, 0)
-        return (h_all >= th).to(h_all.dtype) - (h_all <= -th).to(h_all.dtype)
+            return h - (s if th == 1.0 else s * th)
+        keep = (h.abs() < th).to(h.dtype)  # −θ < h < θ: no spike (NaN: 0, and NaN · 0 stays NaN)
+        v = h * keep
+        return v + (1.0 - keep) * self.v_reset if self.v_reset != 0.0 else v
 
 
 def unsupported_neuron_reason(m: nn.Module) -> str | None:
