@@ -15,10 +15,13 @@ happened (``CaptureResult.forced``), and `check_generality` proves by a second
 capture with a longer sequence and a larger batch whether the graph still depends on
 ``T`` or ``N``.
 
-Leaves (recorded as one ``call_module`` node each): spiking neurons and other stateful
-SpikingJelly modules, `Amplitude`, ``torch.nn`` layers and SpikingJelly's ``layer.*``
-wrappers. SpikingJelly's containers and plain ``nn.Sequential``/user modules are traced
-through, so the synapses inside them are visible to the fold. A submodule whose
+Leaves (recorded as one ``call_module`` node each): what a framework adapter names a leaf
+(`sj_realspike.frameworks`: spiking neurons and other stateful modules, SpikingJelly's
+``layer.*`` wrappers), `Amplitude` and the fold-made synapses, and ``torch.nn`` layers.
+The frameworks' step containers and plain ``nn.Sequential``/user modules are traced
+through, so the synapses inside them are visible to the fold. A leaf neuron that returns
+a tuple (snnTorch's ``(spk, mem)``) is recorded with one ``getitem`` node per item, so the
+spikes are one node that amplitudes can follow. A submodule whose
 ``forward`` cannot be traced even with real values (a custom autograd Function, C++
 code) becomes an opaque leaf, listed in ``CaptureResult.opaque`` with the reason.
 Reading a neuron's state (``self.sn.v``) in ``forward`` would freeze it into a
@@ -38,18 +41,18 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.fx._symbolic_trace as _fx_trace
-from spikingjelly.activation_based import base, functional, layer
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
+from .amplitude import Amplitude
 from .errors import UnsupportedPatternError
+from .frameworks import is_container, is_leaf, is_spiking_module, set_state, spike_index, state_of
+from .frameworks import reset as reset_state
+from .synapses import DiagonalSynapse, UnsharedConv2d
 
 __all__ = ["CONCRETE", "OPAQUE_KEY", "CaptureResult", "ConcreteTracer", "capture", "check_generality"]
 
-# Containers whose forward only reshapes [T, N] around the layers they hold: traced through.
-_CONTAINERS = tuple(c for c in (
-    getattr(layer, "SeqToANNContainer", None), getattr(layer, "MultiStepContainer", None),
-    getattr(layer, "StepModeContainer", None), getattr(layer, "TLastSeqToANNContainer", None),
-    getattr(layer, "TLastMultiStepContainer", None)) if c is not None)
+# This package's own modules that appear in converted and deploy models.
+_OWN_LEAVES = (Amplitude, DiagonalSynapse, UnsharedConv2d)
 
 CONCRETE = "concrete"  # node.meta key: the value the example input gave this node
 OPAQUE_KEY = "sj_realspike_opaque"  # gm.meta key: {module path: why it was kept whole}
@@ -219,12 +222,11 @@ class ConcreteTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self._opaque_paths:
             return True
-        if isinstance(m, _CONTAINERS):
+        if is_container(m):
             return False
         if self.extra_leaf is not None and self.extra_leaf(m):
             return True
-        # SpikingJelly's step modules: neurons, stateful modules, layer.* wrappers, Amplitude.
-        if isinstance(m, base.StepModule) or isinstance(m, base.MemoryModule):
+        if isinstance(m, _OWN_LEAVES) or is_leaf(m):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -232,6 +234,14 @@ class ConcreteTracer(fx.Tracer):
         path = self.path_of_module(m)
         if self.is_leaf_module(m, path):
             out = super().call_module(m, forward, args, kwargs)
+            value = out.concrete if isinstance(out, ConcreteProxy) else None
+            if isinstance(value, tuple) and is_spiking_module(m):
+                # (spk, state...): one node per item; the amplitude follows the spikes' item.
+                items = [out[i] for i in range(len(value))]
+                index = spike_index(m, value)
+                if path in self.after and index is not None:
+                    items[index] = self.create_proxy("call_module", self.after[path], (items[index],), {})
+                return tuple(items)
             if path in self.after:
                 out = self.create_proxy("call_module", self.after[path], (out,), {})
             return out
@@ -263,12 +273,11 @@ class ConcreteTracer(fx.Tracer):
         return super().create_arg(a)
 
     def _state_owner(self, t: torch.Tensor) -> tuple[str, str] | None:
+        if t.numel() == 0:  # an empty state holds no value (snnTorch's init_leaky() after a reset)
+            return None
         for path, m in self.root.named_modules():
-            for key, value in getattr(m, "_memories", {}).items():
+            for key, value in state_of(m).items():
                 if value is t:
-                    return path, key
-            for key in ("v_seq", "spike_seq", "h_seq"):
-                if getattr(m, key, None) is t:
                     return path, key
         return None
 
@@ -295,13 +304,12 @@ def _is_shape_query(kind: str, target: Any, args: tuple) -> bool:
 
 
 def _snapshot(m: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
-    return [(sub, dict(sub._memories)) for sub in m.modules() if isinstance(sub, base.MemoryModule)]
+    return [(sub, state) for sub in m.modules() if (state := state_of(sub))]
 
 
 def _restore(state: list[tuple[nn.Module, dict[str, Any]]]) -> None:
-    for sub, memories in state:
-        for key, value in memories.items():
-            setattr(sub, key, value)
+    for sub, saved in state:
+        set_state(sub, saved)
 
 
 def _erase_after(graph: fx.Graph, mark: fx.Node | None) -> None:
@@ -352,7 +360,7 @@ def capture(model: nn.Module, example_input: Any, *, leaf: Callable[[nn.Module],
     tracer = ConcreteTracer(inputs, leaf, after, record)
     modes = {m: m.training for m in model.modules()}
     model.eval()
-    functional.reset_net(model)
+    reset_state(model)
     try:
         with torch.no_grad():
             graph = tracer.trace(model, concrete_args=concrete_args or None)
@@ -366,7 +374,7 @@ def capture(model: nn.Module, example_input: Any, *, leaf: Callable[[nn.Module],
     finally:
         for m, training in modes.items():
             m.training = training
-        functional.reset_net(model)
+        reset_state(model)
     _drop_dead_queries(graph)
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     for node in gm.graph.nodes:
@@ -377,10 +385,13 @@ def capture(model: nn.Module, example_input: Any, *, leaf: Callable[[nn.Module],
 
 
 def _drop_dead_queries(graph: fx.Graph) -> None:
-    """Remove unused nodes that compute no tensor (shape reads, comparisons for Python branches)."""
+    """Remove unused nodes that compute no tensor (shape reads, comparisons for Python branches),
+    and unused items of a leaf's tuple output (a neuron's membrane nobody reads)."""
     for node in reversed(list(graph.nodes)):
-        if node.op in ("call_function", "call_method") and not node.users \
-                and not isinstance(node.meta.get(CONCRETE), torch.Tensor):
+        if node.op in ("call_function", "call_method") and not node.users and (
+                not isinstance(node.meta.get(CONCRETE), torch.Tensor) or (
+                node.target is operator.getitem and isinstance(node.args[0], fx.Node)
+                and node.args[0].op == "call_module")):
             graph.erase_node(node)
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from spikingjelly.activation_based import functional
 
 from .amplitude import Amplitude, amplitude_shape
 from .capture import CaptureResult, capture
@@ -24,7 +24,8 @@ from .config import Granularity, RuleSource, SpikeConfig, SpikeKind, SpikeSpec
 from .errors import UnsupportedPatternError
 from .flow import Blocker, follow_amplitudes, neuron_batch_dims
 from .ops import OpKind, classify
-from .neurons import is_neuron, is_ternary, ternary_counterpart, to_ternary
+from .frameworks import framework_of, invalidate, neuron_adapter, reset, step_mode
+from .neurons import is_neuron, is_ternary, ternary_problem, to_ternary
 from .recognise import is_spiking_module, spike_output_problem
 from .report import ConversionReport, ConvertedNeuron, SkippedNeuron, set_record
 from .spiking import AmplitudeNeuron, attach_amplitude, base_class
@@ -98,6 +99,7 @@ def convert_model(
             raise UnsupportedPatternError(
                 name, "the model is already converted (it holds spike amplitudes)",
                 "Convert the original network once; to deploy this one, call sj_realspike.fold(model)")
+    framework_of(net)  # refuses a network that mixes frameworks
     default = SpikeSpec(spike=spike, granularity=granularity, init=1.0)
     config = config or SpikeConfig()
     model = net if inplace else copy_model(net)
@@ -112,6 +114,7 @@ def convert_model(
             module = to_ternary(module)
             _set_module(model, sel.target, module)
         sel.amplitude.spike = "ternary" if is_ternary(module) else "real"
+        _take_intrinsic_amplitude(module, sel)
         attach_amplitude(module, sel.amplitude)
         report.converted.append(ConvertedNeuron(
             sel.target, sel.target, base_class(module).__name__, sel.amplitude.spike, sel.spec.granularity,
@@ -120,9 +123,8 @@ def convert_model(
         logger.warning("convert_model converted 0 of %d neurons: %s", report.total,
                        "; ".join(f"{s.module}: {s.reason}" for s in report.skipped[:3]) or "the config selected none")
 
-    # reset_net caches the modules it resets per network; neurons were swapped since.
-    functional.invalidate_reset_cache(model)
-    functional.reset_net(model)
+    invalidate(model)  # frameworks may cache the modules they reset; neurons were swapped since
+    reset(model)
     model.train(training)
     set_record(model, {
         "stage": "converted",
@@ -136,7 +138,7 @@ def convert_model(
         "input_layout": layout,
         # One forward call consumes the whole sequence (multi-step neurons, or a time loop in forward).
         "sequence_per_call": bool(report.calls) or any(
-            getattr(m, "step_mode", "s") == "m" for m in model.modules() if is_neuron(m)),
+            step_mode(m) == "m" for m in model.modules() if is_neuron(m)),
     })
     return model
 
@@ -154,6 +156,8 @@ def _plan(result: CaptureResult, config: SpikeConfig, default: SpikeSpec,
             calls.setdefault(node.target, []).append(node)
     report.total = len(calls)
     report.calls = {t: len(nodes) for t, nodes in calls.items() if len(nodes) > 1}
+    # From here on, each call is the node holding its spikes (a (spk, mem) call: its spike item).
+    calls = {t: _spike_nodes(nodes, modules[t]) for t, nodes in calls.items()}
 
     selected: list[_Selected] = []
     for target, nodes in calls.items():
@@ -163,6 +167,7 @@ def _plan(result: CaptureResult, config: SpikeConfig, default: SpikeSpec,
             report.untouched.append(target)
             continue
         reason = _output_problem(module, result.samples.get(target)) or _unsupported_neuron(module, spec) \
+            or ("its spikes are never used (only its state is)" if not nodes else None) \
             or _shape_problem(nodes, module)
         if reason is not None:
             _skip_or_raise(report, target, module, rule, reason)
@@ -227,7 +232,7 @@ def check_layout(layout: str | None, example_input: object, result: CaptureResul
         return layout
     rank = example_input.dim()
     if layout is None:
-        multi = any(getattr(m, "step_mode", "s") == "m" for m in result.gm.modules() if is_neuron(m))
+        multi = any(step_mode(m) == "m" for m in result.gm.modules() if is_neuron(m))
         sequence = _LAYOUT_NAMES.get(rank, ",".join(["T", "N"] + [f"D{i}" for i in range(rank - 2)]))
         if multi and rank >= 3 and _grown(model, example_input, 1) is not None:
             return sequence
@@ -308,6 +313,57 @@ def _reads_last_dim(node: fx.Node, features: tuple[int, ...], modules: dict[str,
     return False
 
 
+def _spike_nodes(nodes: list[fx.Node], module: nn.Module) -> list[fx.Node]:
+    """The node holding the spikes of each call of ``module``: the call, or its ``getitem`` of the spike item.
+
+    Capture records one ``getitem`` per item of a tuple-returning neuron; a call whose
+    spikes nobody reads is left out.
+    """
+    found = []
+    for node in nodes:
+        meta = node.meta.get("tensor_meta")
+        # A tuple of TensorMetadata (itself a NamedTuple): the call returned a tuple.
+        index = neuron_adapter(module).spike_index(module, meta) if type(meta) is tuple else None
+        if index is None:
+            found.append(node)
+            continue
+        found.extend(u for u in node.users if u.op == "call_function" and u.target is operator.getitem
+                     and u.args[1] == index)
+    return found
+
+
+def _take_intrinsic_amplitude(module: nn.Module, sel: _Selected) -> None:
+    """Move the factor the neuron scales its spikes by itself (snnTorch's ``graded_spikes_factor``) into its amplitude.
+
+    ``a ⊙ s`` then computes what ``s · g`` did (the same products), the neuron emits plain
+    spikes, and fold puts ``g`` into the next synapse with the rest of the amplitude.
+
+    Raises:
+        UnsupportedPatternError: ``g`` varies along dims the amplitude does not (granularity too coarse).
+    """
+    adapter = neuron_adapter(module)
+    g = adapter.intrinsic_amplitude(module)
+    if g is None:
+        return
+    amp = sel.amplitude
+    shape = tuple(amp.full().shape)
+    while g.dim() > len(shape) and g.shape[0] == 1:  # leading batch dims of size 1
+        g = g.squeeze(0)
+    try:
+        fits = torch.broadcast_shapes(shape, tuple(g.shape)) == shape and (amp.repeat == 1 or g.numel() == 1)
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise UnsupportedPatternError(
+            sel.target, f"its spike factor (graded_spikes_factor) of shape {tuple(g.shape)} varies where a "
+                        f"{sel.spec.granularity} amplitude of shape {shape} does not, so it cannot move into it",
+            "Convert this neuron with a finer granularity (SpikeConfig.set_name(<neuron>, "
+            "SpikeSpec(granularity='element')))")
+    with torch.no_grad():
+        amp.a.copy_((g.reshape(()) if g.numel() == 1 else g).to(amp.a).expand(amp.a.shape))
+    adapter.clear_intrinsic_amplitude(module)
+
+
 def _device(model: nn.Module, example_input: object) -> torch.device:
     if isinstance(example_input, torch.Tensor):
         return example_input.device
@@ -322,21 +378,15 @@ def _output_problem(module: nn.Module, sample: torch.Tensor | None) -> str | Non
     if problem is not None:
         return problem
     if not is_neuron(module):
-        return (f"{type(module).__name__} emits spikes but is not a SpikingJelly BaseNode; amplitudes, fold and "
-                "export support BaseNode neurons only, so its spikes stay binary")
+        return neuron_adapter(module).not_neuron_reason(module)
     return None
 
 
 def _unsupported_neuron(module: nn.Module, spec: SpikeSpec) -> str | None:
-    if getattr(getattr(module, "surrogate_function", None), "spiking", True) is False:
-        return "its surrogate runs with spiking=False, so it emits analog values, not spikes"
-    if spec.spike == "ternary" and not is_ternary(module) and ternary_counterpart(module) is None:
-        return f"{type(module).__name__} has no ternary counterpart (IFNode, LIFNode, ParametricLIFNode have)"
-    if spec.spike == "ternary" and not is_ternary(module):
-        v_th, v_reset = module.v_threshold, module.v_reset
-        if v_reset is not None and not -v_th < v_reset < v_th:
-            return f"v_reset={v_reset} lies outside (-v_threshold, v_threshold), which a ternary neuron needs"
-    return None
+    problem = neuron_adapter(module).conversion_problem(module)
+    if problem is None and spec.spike == "ternary":
+        problem = ternary_problem(module)
+    return problem
 
 
 def _shape_problem(nodes: list[fx.Node], module: nn.Module) -> str | None:

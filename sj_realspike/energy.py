@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from spikingjelly.activation_based import functional
 
 from .amplitude import Amplitude, amplitude_parameters
 from .atomic import atomic_write
+from .frameworks import reset, step_mode
 from .neurons import is_neuron
 from .report import format_table, record_of
 from .synapses import DiagonalSynapse, UnsharedConv2d
@@ -281,7 +281,7 @@ def _count(model: nn.Module, x: torch.Tensor, label: str, samples: int, costs: d
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        functional.reset_net(model)
+        reset(model)
         with torch.no_grad():
             model(x)
     finally:
@@ -289,7 +289,7 @@ def _count(model: nn.Module, x: torch.Tensor, label: str, samples: int, costs: d
             h.remove()
         for m, training in modes.items():
             m.training = training
-        functional.reset_net(model)
+        reset(model)
     # fold names the copies of layer `l` it makes `l__<input>`; they count as `l`
     deploy = record_of(model).get("stage") == "deploy"
     return ModelEnergy(label, [
@@ -313,7 +313,7 @@ def _combine(a: str, b: str) -> str:
 
 
 def _step_mode(model: nn.Module) -> str:
-    return next((getattr(m, "step_mode", "s") for m in model.modules() if is_neuron(m)), "s")
+    return next((step_mode(m) for m in model.modules() if is_neuron(m)), "s")
 
 
 def _merge_by_origin(layers: list[LayerEnergy]) -> dict[str, LayerEnergy]:

@@ -30,6 +30,7 @@ import torch.nn as nn
 from .amplitude import Amplitude
 from .capture import OPAQUE_KEY
 from .errors import UnsupportedPatternError
+from .frameworks import batch_dims
 from .ops import OpKind, classify, describe, permutation, reduction, scalar_factor
 from .scales import compact, full_rank, matmul_scale, permute_scale, reduce_scale, slice_scale, varies_only_along_last
 from .synapses import DiagonalSynapse, UnsharedConv2d
@@ -194,7 +195,7 @@ class _Walker:
     def _amplitude(self, node: fx.Node) -> None:
         amp: Amplitude = self.modules[node.target]
         spikes = node.args[0]
-        batch_dims = neuron_batch_dims(self.modules[spikes.target])
+        batch_dims = neuron_batch_dims(self.modules[_call_of(spikes).target])
         scale = amp.full(amp.a.detach().double() if self.check_values else _generic(amp.a.shape, node.target))
         self.exprs[node] = (Term(spikes, self._shape(spikes), scale, batch_dims, (node,)),)
 
@@ -663,7 +664,14 @@ def _feature_index(indices: tuple, rank: int, b: int) -> tuple[int, list[tuple[i
 
 def neuron_batch_dims(neuron: nn.Module) -> int:
     """Leading dims a neuron's output has before its features: ``[T, N]`` in 'm', ``[N]`` in 's'."""
-    return 2 if getattr(neuron, "step_mode", "s") == "m" else 1
+    return batch_dims(neuron)
+
+
+def _call_of(spikes: fx.Node) -> fx.Node:
+    """The neuron call whose spikes ``spikes`` are (itself, or the call whose spike item it takes)."""
+    if spikes.op == "call_function" and spikes.target is operator.getitem and isinstance(spikes.args[0], fx.Node):
+        return spikes.args[0]
+    return spikes
 
 
 def _unique_name(gm: fx.GraphModule, name: str) -> str:

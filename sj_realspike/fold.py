@@ -8,13 +8,13 @@ import warnings
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from spikingjelly.activation_based import base, functional
 
 from .amplitude import Amplitude
 from .capture import capture, check_generality
 from .convert import insert_amplitude, remove_amplitude
 from .errors import UnsupportedPatternError
 from .flow import follow_amplitudes
+from .frameworks import invalidate, reset, step_mode
 from .neurons import is_neuron, is_ternary
 from .ops import OpKind, classify, scalar_factor
 from .report import FoldReport, record_of, set_record
@@ -85,7 +85,7 @@ def fold(model: nn.Module, *, inplace: bool = False,
     dtype = next((p.dtype for p in gm.parameters() if p.is_floating_point()), torch.float32)
     before = sum(p.numel() for p in work.parameters())
     gm.eval()
-    functional.reset_net(gm)
+    reset(gm)
 
     report = FoldReport(parameters_before=before)
     # Weights stay float64 until the very end: BN and amplitude factors round once.
@@ -99,9 +99,8 @@ def fold(model: nn.Module, *, inplace: bool = False,
     gm.delete_all_unused_submodules()
     gm.recompile()
     gm.to(dtype)
-    # reset_net caches the modules it resets per network; the graph changed since.
-    functional.invalidate_reset_cache(gm)
-    functional.reset_net(gm)
+    invalidate(gm)  # frameworks may cache the modules they reset; the graph changed since
+    reset(gm)
 
     modules = dict(gm.named_modules())
     report.neurons = {
@@ -139,7 +138,7 @@ def capture_converted(model: nn.Module, x: torch.Tensor, *,
             # container's forward can run it (a root nn.Sequential would run a module added to it).
             m.add_module(AMPLITUDE_ATTR, detach_amplitude(m))
             after[path] = f"{path}.{AMPLITUDE_ATTR}" if path else AMPLITUDE_ATTR
-    functional.invalidate_reset_cache(model)
+    invalidate(model)
     result = capture(model, x, after=after)
     if result.value_forced:
         node, value = result.value_forced[0]
@@ -298,9 +297,9 @@ def _normalizes_output_features(syn: nn.Module, bn: nn.Module, syn_node: fx.Node
         return False
     meta = syn_node.meta.get("tensor_meta")
     ndim = len(meta.shape) if meta is not None else None
-    bn_multi = isinstance(bn, base.StepModule) and bn.step_mode == "m"
+    bn_multi = step_mode(bn) == "m"
     bn_channel_dim = 2 if bn_multi else 1
-    syn_multi = isinstance(syn, base.StepModule) and syn.step_mode == "m"
+    syn_multi = step_mode(syn) == "m"
     if isinstance(syn, nn.Linear):
         # BN must normalize the last dim: [N, F] ('s') or [T, N, F] ('m').
         return ndim is not None and ndim - 1 == bn_channel_dim

@@ -24,16 +24,12 @@ from collections import OrderedDict
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from spikingjelly.activation_based import functional
 
 from .errors import UnsupportedPatternError
 from .fold import constant_factors_on_spikes
-from .lowered import (
-    LoweredDiagonalSynapse,
-    LoweredUnsharedConv2d,
-    lower_neuron,
-    unsupported_neuron_reason,
-)
+from .frameworks import neuron_adapter, reset
+from .frameworks import step_mode as neuron_step_mode
+from .lowered import LoweredDiagonalSynapse, LoweredUnsharedConv2d
 from .neurons import is_neuron
 from .ops import scalar_factor
 from .report import META_KEY
@@ -52,7 +48,7 @@ def step_mode_of(model: nn.Module) -> str:
     Raises:
         UnsupportedPatternError: no neurons, or neurons in both step modes.
     """
-    modes = {name: getattr(m, "step_mode", "s") for name, m in model.named_modules() if is_neuron(m)}
+    modes = {name: neuron_step_mode(m) for name, m in model.named_modules() if is_neuron(m)}
     if not modes:
         raise UnsupportedPatternError(type(model).__name__, "the model has no spiking neurons",
                                       "Export SpikingJelly networks (or models from sj_realspike.fold)")
@@ -90,7 +86,7 @@ def lower_for_export(model: fx.GraphModule, example_input: torch.Tensor, *,
     """
     gm = model if inplace else copy_model(model)
     gm.eval()
-    functional.reset_net(gm)
+    reset(gm)
     mode = step_mode_of(gm)
     if unfolded := constant_factors_on_spikes(gm):
         neuron, factor = unfolded[0]
@@ -111,12 +107,13 @@ def lower_for_export(model: fx.GraphModule, example_input: torch.Tensor, *,
         m = modules[node.target]
         new: nn.Module | None = None
         if is_neuron(m):
-            reason = unsupported_neuron_reason(m)
+            adapter = neuron_adapter(m)  # each framework lowers its own neurons
+            reason = adapter.lowering_problem(m)
             if mode == "s" and not per_step:
                 if node.target not in kept:  # called once per step by the model's own time loop
                     kept.append(node.target)
             elif reason is None:
-                new = lower_neuron(m, time_steps=steps if mode == "s" else None)
+                new = adapter.lower(m, steps if mode == "s" else None)
             elif mode == "s":
                 raise UnsupportedPatternError(
                     node.target, f"single-step neuron without an export lowering: {reason}",

@@ -40,13 +40,13 @@ import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from spikingjelly.activation_based import functional, layer, neuron
 
 from .atomic import atomic_write
 from .errors import UnsupportedPatternError
 from .export import as_deploy_model
 from .lowering import step_mode_of
-from .neurons import is_neuron, is_ternary
+from .frameworks import Refusal, identity_types, neuron_adapter
+from .neurons import is_neuron
 from .ops import describe
 from .synapses import DiagonalSynapse, UnsharedConv2d
 from .tracing import propagate_shapes
@@ -62,7 +62,7 @@ NIR_DT = 1e-4
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 _RESHAPE_FUNCS = {torch.flatten, torch.reshape}
 _RESHAPE_METHODS = {"flatten", "view", "reshape"}
-_IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, layer.Dropout, layer.Dropout2d)
+_IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _MAXPOOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
                   nn.AdaptiveMaxPool3d)
@@ -146,6 +146,7 @@ def import_nir(graph: nir.NIRGraph | str | os.PathLike[str], *, dt: float = NIR_
     """
     nir, nirtorch = _require_nir()
     # The node mapper behind SpikingJelly's public import_from_nir (spikingjelly>=2,<3).
+    from spikingjelly.activation_based import functional
     from spikingjelly.activation_based.nir_exchange.from_nir import _NodeMapper
 
     if isinstance(graph, (str, os.PathLike)):
@@ -224,9 +225,6 @@ class _GraphBuilder:
     def _connect(self, sources: list[str], target: str) -> None:
         self.edges.extend((s, target) for s in sources)
 
-    def _full(self, node: fx.Node, value: float) -> np.ndarray:
-        return np.full(self._features(node), float(value))
-
     # ------------------------------------------------------------------ nodes
     def _placeholder(self, node: fx.Node) -> None:
         if self.nodes:
@@ -290,7 +288,7 @@ class _GraphBuilder:
     def _module(self, node: fx.Node) -> None:
         m = self.modules[node.target]
         what = describe(node, self.modules)
-        if isinstance(m, _IDENTITY_MODULES):
+        if isinstance(m, _IDENTITY_MODULES) or isinstance(m, identity_types()):
             self.sources[node] = self.sources[self._input(node)]
             return
         if isinstance(m, nn.Flatten):
@@ -338,26 +336,10 @@ class _GraphBuilder:
         return f"Use conv/linear/average-pooling layers and IF/LIF/PLIF neurons, or ONNX ({_ONNX_REMEDY})"
 
     def _neuron(self, node: fx.Node, m: nn.Module, what: str) -> Any:
-        if is_ternary(m):
-            self._refuse(node, f"{what} emits ternary spikes {{-1, 0, 1}}; NIR neurons emit {{0, 1}}",
-                         f"Train binary spikes (spike='real') for neuromorphic targets, or use ONNX ({_ONNX_REMEDY})")
-        if type(m) not in (neuron.IFNode, neuron.LIFNode, neuron.ParametricLIFNode):
-            self._refuse(node, f"{what} has no NIR neuron model (supported: IFNode, LIFNode, ParametricLIFNode)",
-                         f"Use IF/LIF/PLIF neurons, or ONNX ({_ONNX_REMEDY})")
-        if m.v_reset is None:
-            self._refuse(node, f"{what} uses soft reset (v_reset=None, subtract θ on a spike); NIR neurons reset "
-                               "hard to v_reset", f"Use hard reset (v_reset=0.0), or ONNX ({_ONNX_REMEDY})")
-        if not isinstance(m.v_threshold, (int, float)):
-            self._refuse(node, f"{what} has a tensor threshold", "Use a scalar v_threshold")
-        threshold, reset = self._full(node, m.v_threshold), self._full(node, m.v_reset)
-        if isinstance(m, neuron.IFNode):
-            # dv/dt = r·I with r = 1/dt: one Euler step adds the input, as SpikingJelly's IF does
-            return self.nir.IF(r=self._full(node, 1.0 / self.dt), v_threshold=threshold, v_reset=reset)
-        tau = float(m.tau) if isinstance(m, neuron.LIFNode) else 1.0 / float(m.w.detach().sigmoid())
-        # τ_nir dv/dt = (v_leak − v) + r·I, Euler step dt with τ_nir = τ·dt:
-        # v += (v_reset − v + r·x)/τ; r = 1 is decay_input=True, r = τ is decay_input=False
-        return self.nir.LIF(tau=self._full(node, tau * self.dt), r=self._full(node, 1.0 if m.decay_input else tau),
-                            v_leak=reset.copy(), v_threshold=threshold, v_reset=reset)
+        try:  # each framework maps its own neurons
+            return neuron_adapter(m).nir_node(m, self.nir, self._features(node), self.dt)
+        except Refusal as r:
+            self._refuse(node, f"{what}: {r.reason}", r.remedy)
 
     def _conv(self, node: fx.Node, m: nn.Conv1d | nn.Conv2d, source: fx.Node, what: str) -> Any:
         if m.padding_mode != "zeros":

@@ -11,9 +11,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
-from spikingjelly.activation_based import layer
 
 from .amplitude import Amplitude
+from .frameworks import identity_types
 from .neurons import is_neuron
 
 __all__ = ["OpKind", "classify", "describe", "permutation", "reduction", "scalar_factor"]
@@ -58,7 +58,7 @@ _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 _MUL_FUNCS = {operator.mul, operator.imul, torch.mul}
 _DIV_FUNCS = {operator.truediv, operator.itruediv, torch.div}
 
-_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, layer.Dropout, layer.Dropout2d)
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 
 
 def classify(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
@@ -81,7 +81,7 @@ def classify(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
             return OpKind.AVGPOOL
         if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
             return OpKind.MAXPOOL if not m.return_indices else OpKind.OTHER
-        if isinstance(m, _DROPOUT):
+        if isinstance(m, _DROPOUT) or isinstance(m, identity_types()):
             return OpKind.IDENTITY
         return OpKind.OTHER
     if node.op in ("call_function", "call_method"):

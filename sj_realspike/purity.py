@@ -19,20 +19,32 @@ from dataclasses import dataclass
 from functools import cache
 
 import onnx
-from spikingjelly.activation_based import layer, neuron
 
+from .frameworks import neuron_types, synapse_types, ternary_types
 from .lowered import LoweredDiagonalSynapse, LoweredNeuron, LoweredTernaryNeuron, LoweredUnsharedConv2d
-from .neurons import TernaryParametricLIFNode
 from .synapses import DiagonalSynapse, UnsharedConv2d
 
 __all__ = ["SpikeTensor", "Violation", "spike_tensors", "static_violations"]
 
 _SCOPES, _CLASSES = "pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy"
-_NEURONS = (neuron.BaseNode, neuron.SimpleBaseNode, LoweredNeuron)
-_TERNARY = (neuron.TernaryIFNode, neuron.TernaryLIFNode, TernaryParametricLIFNode, LoweredTernaryNeuron)
-# Where spikes arrive: fold-made synapses, and the model's own synaptic filters (SynapseFilter's
-# decay multiplies what it integrates, not an amplitude; amplitudes never pass it).
-_SYNAPSE_MODULES = (DiagonalSynapse, UnsharedConv2d, LoweredDiagonalSynapse, LoweredUnsharedConv2d, layer.SynapseFilter)
+# Where spikes arrive: fold-made synapses, and the frameworks' own synaptic filters (SpikingJelly's
+# SynapseFilter: its decay multiplies what it integrates, not an amplitude; amplitudes never pass it).
+_FOLD_SYNAPSES = (DiagonalSynapse, UnsharedConv2d, LoweredDiagonalSynapse, LoweredUnsharedConv2d)
+
+
+@cache
+def _neuron_classes() -> tuple[type, ...]:
+    return (*neuron_types(), LoweredNeuron)
+
+
+@cache
+def _ternary_classes() -> tuple[type, ...]:
+    return (*ternary_types(), LoweredTernaryNeuron)
+
+
+@cache
+def _synapse_classes() -> tuple[type, ...]:
+    return (*_FOLD_SYNAPSES, *synapse_types())
 _SYNAPSE_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MatMul", "MatMulInteger", "QLinearMatMul",
                 "Gemm", "Einsum"}
 _SCALING_OPS = {"Mul", "Div", "Neg", "Reciprocal", "BatchNormalization", "InstanceNormalization",
@@ -96,9 +108,9 @@ def _scope(node: onnx.NodeProto) -> _Scope:
     neuron_scope, synapse = None, False
     for path, cls in modules:
         resolved = _resolve(cls)
-        if resolved is not None and issubclass(resolved, _NEURONS):
+        if resolved is not None and issubclass(resolved, _neuron_classes()):
             neuron_scope = (path, cls)
-        if resolved is not None and issubclass(resolved, _SYNAPSE_MODULES):
+        if resolved is not None and issubclass(resolved, _synapse_classes()):
             synapse = True
     path, cls = modules[-1] if modules else ("", "")
     return _Scope(neuron_scope, synapse, path, cls)
@@ -181,7 +193,7 @@ def spike_tensors(model: onnx.ModelProto) -> list[SpikeTensor]:
             continue
         if any(j is None or scopes[j].neuron != owner for j in readers.get(value, [])):
             resolved = _resolve(owner[1])
-            kind = "ternary" if resolved is not None and issubclass(resolved, _TERNARY) else "binary"
+            kind = "ternary" if resolved is not None and issubclass(resolved, _ternary_classes()) else "binary"
             found.append(SpikeTensor(owner[0], value, kind, owner[1]))
     return found
 

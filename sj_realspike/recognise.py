@@ -2,8 +2,8 @@
 
 A spike amplitude can only be folded into the next synapse if the neuron's output
 is exactly ``{0, 1}`` (or ``{-1, 0, 1}`` for a ternary neuron): ``a ⊙ s`` then
-equals a rescaled synapse applied to ``s``. Many SpikingJelly modules that fire
-do not emit such spikes: ``ILIFNode`` emits spike counts, ``OTTTLIFNode`` returns
+equals a rescaled synapse applied to ``s``. Many modules that fire do not emit such
+spikes: SpikingJelly's ``ILIFNode`` emits spike counts, ``OTTTLIFNode`` returns
 ``[spike, trace]`` in training mode, a neuron whose surrogate runs with
 ``spiking=False`` or an ``LIAFNode`` emits analog values, ``DSRIFNode`` emits
 ``v_threshold``-weighted spikes. The class alone cannot say which (LIAF is
@@ -11,11 +11,11 @@ analog in single-step mode but binary in multi-step mode, a user subclass may
 return its membrane), so `spike_output_problem` runs the module on the input it
 received in a real forward pass and looks at what comes out.
 
-`is_spiking_module` names the candidates: every SpikingJelly neuron
-(``BaseNode``/``SimpleBaseNode`` subclasses) and the spiking modules of
-``spikingjelly.activation_based.neuron`` that are not ``BaseNode`` (the PSN
-family, ``GatedLIFNode``, ...). Classes are looked up by name, so a SpikingJelly
-release without one of them still imports this module.
+`is_spiking_module` names the candidates, asking each framework adapter
+(`sj_realspike.frameworks`). Where a neuron returns its state with its spikes
+(snnTorch's ``(spk, mem)``), the adapter says which item the spikes are; a factor the
+neuron multiplies its spikes by itself (snnTorch's ``graded_spikes_factor``) is left
+out of the check, since convert moves it into the amplitude.
 """
 
 from __future__ import annotations
@@ -25,51 +25,15 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from spikingjelly.activation_based import functional, neuron
 
+from .frameworks import is_spiking_module, neuron_adapter
+from .frameworks import reset as reset_state
 from .neurons import is_ternary
+from .state import detached_state_memo
 
 __all__ = ["is_spiking_module", "spike_output_problem"]
 
-
-def _classes(*names: str) -> tuple[type, ...]:
-    return tuple(c for c in (getattr(neuron, name, None) for name in names) if isinstance(c, type))
-
-
-# Neurons with a membrane, firing through a surrogate: IF, LIF, PLIF, QIF, EIF, Izhikevich,
-# KLIF, CLIF, ILIF, OTTT/SLTT, LIAF, the ternary neurons, and every user subclass.
-_NODE_BASES = _classes("BaseNode", "SimpleBaseNode")
-# Spiking modules that are not BaseNode. Weighted-spike (DSR, FewSpike, STBIF) and noisy
-# neurons are listed too: they fire, so convert must see them and say why they are skipped.
-# Left out on purpose: NonSpikingBaseNode and NoisyNonSpikingBaseNode (read-out integrators
-# that never fire), encoders (they spike the data, no synapse feeds them) and rnn's spiking
-# cells (whole recurrent layers returning (h, c)).
-_OTHER_SPIKING = _classes(
-    "PSN", "MaskedPSN", "SlidingPSN",  # parallel spiking neurons
-    "GatedLIFNode",
-    "ActivationAwareIFNode",
-    "ILCBaseNode",  # IF/LIF/CUBA-LIF with an inter-layer connection
-    "NoisyBaseNode",  # noisy spiking neurons (NoisyCUBALIFNode, NoisyILC*)
-    "DSRIFNode", "DSRLIFNode",  # differentiable spike representation: spikes times v_threshold
-    "FewSpikeNode",  # few-spike coding (FewSpikeNode, HGNode, OutlierAwareThresholdNode)
-    "STBIFNode",  # SpikeZIP signed threshold-balanced IF
-    "FlexSN",  # user-defined neuron dynamics
-)
-_SPIKING = _NODE_BASES + _OTHER_SPIKING
-
 _SHOWN_VALUES = 8  # more distinct values than this: analog output, not (graded) spikes
-
-
-def is_spiking_module(m: nn.Module) -> bool:
-    """Whether ``m`` is a SpikingJelly module that fires (a candidate for a spike amplitude).
-
-    True for ``BaseNode``/``SimpleBaseNode`` subclasses and for the spiking modules of
-    ``spikingjelly.activation_based.neuron`` that are not ``BaseNode`` (PSN, MaskedPSN,
-    SlidingPSN, GatedLIFNode, ActivationAwareIFNode, the ILC and noisy neurons, DSR,
-    few-spike and SpikeZIP neurons, FlexSN). Firing does not mean binary output: check
-    each candidate with `spike_output_problem`.
-    """
-    return isinstance(m, _SPIKING)
 
 
 def spike_output_problem(m: nn.Module, sample: torch.Tensor, *, ternary: bool | None = None) -> str | None:
@@ -114,33 +78,21 @@ def spike_output_problem(m: nn.Module, sample: torch.Tensor, *, ternary: bool | 
 
 
 def _run_copy(m: nn.Module, sample: torch.Tensor, *, training: bool) -> Any:
-    """``m``'s output on ``sample``, computed by a reset deep copy in the given mode."""
-    twin = copy.deepcopy(m, _detached_state(m))
-    functional.reset_net(twin)
+    """``m``'s spikes on ``sample``, computed by a reset deep copy in the given mode.
+
+    Where the adapter says the spikes are one item of what the call returns, that item;
+    the neuron's own spike factor (``graded_spikes_factor``) is set to 1 on the copy.
+    """
+    twin = copy.deepcopy(m, detached_state_memo(m))
+    adapter = neuron_adapter(twin)
+    if adapter is not None and adapter.intrinsic_amplitude(twin) is not None:
+        adapter.clear_intrinsic_amplitude(twin)
+    reset_state(twin)
     twin.train(training)
     with torch.no_grad():
-        return twin(sample.detach().clone())  # some neurons (ILC) write into their input
-
-
-def _detached_state(m: nn.Module) -> dict[int, Any]:
-    """A deepcopy memo replacing state tensors that have a history by detached copies.
-
-    After a forward pass with gradients a neuron's ``v`` is a non-leaf tensor, which
-    ``copy.deepcopy`` refuses; the copy is reset before use, so its value never matters.
-    """
-    memo: dict[int, Any] = {}
-
-    def visit(value: Any) -> None:
-        if isinstance(value, torch.Tensor) and not value.is_leaf:
-            memo[id(value)] = value.detach()
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                visit(item)
-
-    for sub in m.modules():
-        for value in [*getattr(sub, "_memories", {}).values(), *vars(sub).values()]:
-            visit(value)
-    return memo
+        out = twin(sample.detach().clone())  # some neurons (ILC) write into their input
+    index = adapter.spike_index(twin, out) if adapter is not None else None
+    return out if index is None else out[index]
 
 
 def _output_problem(out: Any, sample: torch.Tensor, ternary: bool) -> tuple[str, str] | None:

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from .amplitude import Amplitude
+from .frameworks import neuron_adapter
 
 __all__ = ["AMPLITUDE_ATTR", "AmplitudeNeuron", "amplitude_of", "attach_amplitude", "base_class", "detach_amplitude"]
 
@@ -26,7 +27,11 @@ AMPLITUDE_ATTR = "spike_amplitude"
 
 
 class AmplitudeNeuron:
-    """Mixin placed before a neuron class: ``forward`` returns ``a ⊙ spikes``."""
+    """Mixin placed before a neuron class: ``forward`` returns ``a ⊙ spikes``.
+
+    A framework whose neurons return more than their spikes, or feed them back inside,
+    gives a subclass of this mixin (`FrameworkAdapter.amplitude_mixin`).
+    """
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return getattr(self, AMPLITUDE_ATTR)(super().forward(*args, **kwargs))
@@ -35,13 +40,13 @@ class AmplitudeNeuron:
 _SUBCLASSES: dict[type, type] = {}
 
 
-def _subclass(cls: type) -> type:
+def _subclass(cls: type, mixin: type) -> type:
     """``RealSpike<cls>``: one per neuron class, registered in this module so it pickles by name."""
     if cls not in _SUBCLASSES:
         name = f"RealSpike{cls.__name__}"
-        sub = type(name, (AmplitudeNeuron, cls), {"__module__": __name__, "__qualname__": name,
-                                                   "__doc__": f"{cls.__name__} whose spikes are scaled by a "
-                                                              f"learnable amplitude (sj_realspike)."})
+        sub = type(name, (mixin, cls), {"__module__": __name__, "__qualname__": name, "_base_class": cls,
+                                        "__doc__": f"{cls.__name__} whose spikes are scaled by a "
+                                                   f"learnable amplitude (sj_realspike)."})
         _SUBCLASSES[cls] = sub
         setattr(sys.modules[__name__], name, sub)
     return _SUBCLASSES[cls]
@@ -51,8 +56,10 @@ def attach_amplitude(neuron: nn.Module, amplitude: Amplitude) -> nn.Module:
     """Give ``neuron`` (in place) the amplitude ``amplitude``; returns ``neuron``."""
     if isinstance(neuron, AmplitudeNeuron):
         raise ValueError(f"{type(neuron).__name__} already carries an amplitude")
+    adapter = neuron_adapter(neuron)
+    mixin = adapter.amplitude_mixin(neuron) if adapter is not None else AmplitudeNeuron
     neuron.add_module(AMPLITUDE_ATTR, amplitude)
-    neuron.__class__ = _subclass(type(neuron))
+    neuron.__class__ = _subclass(type(neuron), mixin)
     return neuron
 
 
@@ -67,7 +74,7 @@ def detach_amplitude(neuron: nn.Module) -> Amplitude:
 def base_class(neuron: nn.Module) -> type:
     """The neuron's own class (without the amplitude mixin)."""
     cls = type(neuron)
-    return cls.__mro__[2] if issubclass(cls, AmplitudeNeuron) else cls
+    return cls._base_class if issubclass(cls, AmplitudeNeuron) else cls
 
 
 def amplitude_of(neuron: nn.Module) -> Amplitude | None:

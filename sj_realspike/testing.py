@@ -19,10 +19,10 @@ import math
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from spikingjelly.activation_based import functional, neuron
 
 from .fold import capture_converted, example_for
-from .neurons import TernaryParametricLIFNode, is_neuron
+from .frameworks import adapter_for, reset, spikes_of
+from .neurons import is_neuron
 from .ops import OpKind, classify
 from .report import record_of
 from .spiking import amplitude_of
@@ -106,17 +106,15 @@ def make_dyadic(model: nn.Module, x: torch.Tensor, seed: int = 0, amplitudes: bo
                 m.weight.copy_(_dyadic_weight(m.weight, g))
                 if m.bias is not None:
                     m.bias.copy_(torch.randint(-2, 3, m.bias.shape, generator=g).float() / 8)
-            elif isinstance(m, neuron.ParametricLIFNode) or isinstance(m, TernaryParametricLIFNode):
-                m.w.zero_()  # sigmoid(0) = 0.5 exactly: tau = 2
-            elif isinstance(m, (neuron.LIFNode, neuron.TernaryLIFNode)):
-                m.tau = 2.0
+            elif (adapter := adapter_for(m)) is not None:
+                adapter.make_dyadic(m)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over the calibration pass
     model.train()
     model(x)  # with autograd on: models may register gradient hooks in training mode (cifar10_r11's LIF)
-    functional.reset_net(model)
+    reset(model)
     model.zero_grad(set_to_none=True)
     with torch.no_grad():
         for bn in bns:
@@ -135,10 +133,10 @@ def run(model: nn.Module, x: torch.Tensor, steps: bool = False) -> torch.Tensor:
 
     ``steps=True`` feeds a single-step ('s') model ``x[t]`` for each ``t`` and stacks the outputs.
     """
-    functional.reset_net(model)
+    reset(model)
     with torch.no_grad():
         y = torch.stack([model(xt) for xt in x]) if steps else model(x)
-    functional.reset_net(model)
+    reset(model)
     return y
 
 
@@ -159,7 +157,8 @@ def spike_values(model: nn.Module, x: torch.Tensor, steps: bool = False) -> dict
     for name, m in model.named_modules():
         if is_neuron(m):
             hooks.append(m.register_forward_hook(
-                lambda mod, inp, out, name=name: values.setdefault(name, set()).update(out.unique().tolist())))
+                lambda mod, inp, out, name=name: values.setdefault(name, set()).update(
+                    spikes_of(mod, out).unique().tolist())))
     try:
         run(model, x, steps)
     finally:
@@ -175,6 +174,7 @@ def firing_rate(model: nn.Module, x: torch.Tensor, steps: bool = False) -> float
 
     def count(mod, inp, out):
         nonlocal total, nonzero
+        out = spikes_of(mod, out)
         total += out.numel()
         nonzero += int((out != 0).sum())
 

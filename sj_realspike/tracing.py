@@ -1,4 +1,4 @@
-"""Tracing SpikingJelly networks into fx graphs with shapes attached."""
+"""Shapes on the nodes of a deploy graph, from one run of an example input."""
 
 from __future__ import annotations
 
@@ -8,39 +8,12 @@ import re
 
 import torch
 import torch.fx as fx
-import torch.nn as nn
-from spikingjelly.activation_based import base, functional
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import UnsupportedPatternError
+from .frameworks import reset
 
-__all__ = ["StepModuleTracer", "trace", "propagate_shapes"]
-
-
-class StepModuleTracer(fx.Tracer):
-    """Keeps every SpikingJelly ``StepModule`` (neurons, ``layer.*``, containers) a leaf.
-
-    Their forward methods branch on the step mode and reshape by runtime shape,
-    which fx proxies cannot follow; as leaves they stay the user's own modules.
-    """
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, base.StepModule) or super().is_leaf_module(m, module_qualified_name)
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace ``model`` with `StepModuleTracer` (no copy is made)."""
-    tracer = StepModuleTracer()
-    try:
-        graph = tracer.trace(model)
-    except Exception as e:  # fx raises many types; turn them into one actionable message
-        raise UnsupportedPatternError(
-            type(model).__name__,
-            f"torch.fx could not trace the model ({type(e).__name__}: {e})",
-            "Data-dependent Python control flow in forward() cannot be traced; move it into a "
-            "leaf module (any spikingjelly StepModule is kept whole) or make it static.",
-        ) from e
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+__all__ = ["propagate_shapes"]
 
 
 @torch.no_grad()
@@ -52,7 +25,7 @@ def propagate_shapes(gm: fx.GraphModule, example_input: torch.Tensor) -> None:
     """
     modes = {m: m.training for m in gm.modules()}
     gm.eval()
-    functional.reset_net(gm)
+    reset(gm)
     try:
         # ShapeProp prints the traceback of a failing node itself; the error below says it all.
         with contextlib.redirect_stderr(io.StringIO()):
@@ -70,4 +43,4 @@ def propagate_shapes(gm: fx.GraphModule, example_input: torch.Tensor) -> None:
     finally:
         for m, training in modes.items():
             m.training = training
-        functional.reset_net(gm)
+        reset(gm)

@@ -12,10 +12,10 @@ import numpy as np
 import onnx
 import torch
 import torch.nn as nn
-from spikingjelly.activation_based import functional
 
 from .export import METADATA_PREFIX, as_deploy_model, model_fingerprint, spike_kinds
 from .layout import input_layout_of
+from .frameworks import reset, spikes_of
 from .lowering import step_mode_of
 from .neurons import is_neuron
 from .purity import SpikeTensor, Violation, spike_tensors, static_violations
@@ -441,16 +441,17 @@ def _run(model: nn.Module, x: torch.Tensor, steps: bool,
         for name, m in model.named_modules():
             if is_neuron(m):
                 hooks.append(m.register_forward_hook(
-                    lambda mod, inp, out, name=name: record.setdefault(name, []).append(out.detach().float().cpu())))
+                    lambda mod, inp, out, name=name: record.setdefault(name, []).append(
+                        spikes_of(mod, out).detach().float().cpu())))
     model.eval()
     weight = next((p for p in model.parameters() if p.is_floating_point()), None)
     device = weight.device if weight is not None else torch.device("cpu")
     xd = x.to(device=device, dtype=weight.dtype if weight is not None else torch.float32)
     try:
-        functional.reset_net(model)
+        reset(model)
         y = torch.stack([model(xt) for xt in xd]) if steps else model(xd)
     finally:
-        functional.reset_net(model)
+        reset(model)
         for h in hooks:
             h.remove()
         for m, training in modes.items():
