@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from .errors import UnsupportedPatternError
 from .fold import constant_factors_on_spikes
-from .frameworks import neuron_adapter, reset
+from .frameworks import adapters, neuron_adapter, reset
 from .frameworks import step_mode as neuron_step_mode
 from .lowered import LoweredDiagonalSynapse, LoweredUnsharedConv2d
 from .neurons import is_neuron
@@ -109,8 +109,9 @@ def lower_for_export(model: fx.GraphModule, example_input: torch.Tensor, *,
         if is_neuron(m):
             adapter = neuron_adapter(m)  # each framework lowers its own neurons
             reason = adapter.lowering_problem(m)
-            if mode == "s" and not per_step:
-                if node.target not in kept:  # called once per step by the model's own time loop
+            if mode == "s" and not per_step:  # called once per step by the model's own time loop
+                new = adapter.lower_step(m)
+                if new is None and node.target not in kept:
                     kept.append(node.target)
             elif reason is None:
                 new = adapter.lower(m, steps if mode == "s" else None)
@@ -135,6 +136,8 @@ def lower_for_export(model: fx.GraphModule, example_input: torch.Tensor, *,
     for node in gm.graph.nodes:
         if node.op == "call_module" and node.target in replaced:
             _record_module_class(node, type(replaced[node.target]))
+    for adapter in adapters():
+        adapter.rewrite_lowered(gm)
     if per_step:
         _flatten_time(gm, steps)
     gm.graph.lint()

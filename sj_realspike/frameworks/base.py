@@ -57,11 +57,11 @@ class FrameworkAdapter:
 
     # ------------------------------------------------------------ recognition
     def neuron_types(self) -> tuple[type, ...]:
-        """Neuron classes whose instances `is_neuron` may accept (ONNX purity reads classes from scopes)."""
+        """Neuron classes, and the classes of their export forms (ONNX purity reads classes from scopes)."""
         return ()
 
     def ternary_types(self) -> tuple[type, ...]:
-        """Classes of neurons emitting ternary spikes."""
+        """Classes of neurons emitting ternary spikes, and of their export forms."""
         return ()
 
     def identity_types(self) -> tuple[type, ...]:
@@ -187,6 +187,14 @@ class FrameworkAdapter:
                 (a single-step model run on the time-flattened batch).
         """
         raise ValueError(self.lowering_problem(m))
+
+    def rewrite_lowered(self, gm: Any) -> None:
+        """A last in-place rewrite of the lowered deploy graph (``fx.GraphModule``) for this framework's modules.
+
+        Called once after every neuron is lowered. For example, snnTorch's lowered neurons are
+        split so that only the op computing the spikes carries the neuron's ONNX scope (its
+        membrane, which the neuron also returns, is state, not spikes).
+        """
 
     def lower_step(self, m: nn.Module) -> nn.Module | None:
         """Export form of one call of single-step neuron ``m`` in a model whose ``forward`` loops over time.
