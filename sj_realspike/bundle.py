@@ -131,7 +131,8 @@ def _config(v: Any) -> str | None:
     problem = _json_object(v)
     if problem:
         return problem
-    shapes = {"global": dict, "types": dict, "regex": list, "names": dict, "description": str}
+    shapes = {"global": dict, "types": dict, "regex": list, "names": dict, "description": str,
+              "tie_summed": bool}
     wrong = [k for k, t in shapes.items() if k in v and not isinstance(v[k], t)]
     return (f"must have {', '.join(f'{k!r} as {shapes[k].__name__}' for k in wrong)} (a SpikeConfig.to_dict())"
             if wrong else None)

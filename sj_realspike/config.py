@@ -3,7 +3,9 @@
 `SpikeConfig` follows torch.ao's ``QConfigMapping``: chained setters, and a fixed
 precedence ``global < type < regex < name``. A rule maps to a `SpikeSpec` or to
 ``None``, which leaves the matching neurons untouched. Fields a spec leaves as
-``None`` are inherited from the arguments of `convert_model`.
+``None`` are inherited from the arguments of `convert_model`. One setting spans
+neurons rather than matching them: `SpikeConfig.set_tie_summed` (neurons whose spikes
+are added before a synapse share one amplitude).
 """
 
 from __future__ import annotations
@@ -97,6 +99,28 @@ class SpikeConfig:
         self._types: dict[str, Rule] = {}
         self._regexes: list[tuple[re.Pattern[str], Rule]] = []
         self._names: dict[str, Rule] = {}
+        self._tie_summed: bool | None = None
+
+    def set_tie_summed(self, tie: bool = True) -> SpikeConfig:
+        """Give the neurons whose spikes are added before a synapse one shared amplitude.
+
+        A SEW ``ADD`` residual stream is a sum of several neurons' spikes; with one
+        amplitude ``a`` each, a conv reading it computes ``W(a₁⊙s₁ + a₂⊙s₂ + …)``, which
+        fold can only split into one scaled copy of ``W`` per addend. Tied, the sum is
+        ``a⊙(s₁ + s₂ + …)`` and fold scales the one conv, so the deploy model has
+        exactly the convolutions of the network without amplitudes. Neurons whose
+        amplitudes could not share one shape (or differ in spike kind, granularity or
+        init) stay untied; the conversion report lists the groups either way.
+        """
+        if not isinstance(tie, bool):
+            raise ConfigError(f"tie_summed must be true or false, got {tie!r}")
+        self._tie_summed = tie
+        return self
+
+    @property
+    def tie_summed(self) -> bool | None:
+        """What `set_tie_summed` set (``None``: not set; `convert_model`'s argument decides)."""
+        return self._tie_summed
 
     def set_global(self, spec: Rule) -> SpikeConfig:
         """Rule for every neuron no other rule matches (``None``: leave them all alone)."""
@@ -165,6 +189,8 @@ class SpikeConfig:
             [names."sn1"]
             skip = true
 
+        A top-level ``tie_summed = true`` calls `set_tie_summed`.
+
         Raises:
             ConfigError: unknown key, bad value, or a recipe that does not exist.
         """
@@ -188,13 +214,18 @@ class SpikeConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> SpikeConfig:
         """Build a config from the parsed TOML structure documented in `from_file`."""
-        unknown = set(data) - {"global", "types", "regex", "names", "description"}
+        unknown = set(data) - {"global", "types", "regex", "names", "description", "tie_summed"}
         if unknown:
             raise ConfigError(
                 f"recipe {source}: unknown top-level key(s) {sorted(unknown)}; "
-                "expected global, types, regex, names, description"
+                "expected global, types, regex, names, tie_summed, description"
             )
         cfg = cls()
+        if "tie_summed" in data:
+            try:
+                cfg.set_tie_summed(data["tie_summed"])
+            except ConfigError as e:
+                raise ConfigError(f"recipe {source}: {e}") from None
         if "global" in data:
             cfg.set_global(_rule_from_table(data["global"], f"{source} [global]"))
         for type_name, table in data.get("types", {}).items():
@@ -221,6 +252,8 @@ class SpikeConfig:
             out["regex"] = [{"pattern": p.pattern, **_rule_to_table(v)} for p, v in self._regexes]
         if self._names:
             out["names"] = {k: _rule_to_table(v) for k, v in self._names.items()}
+        if self._tie_summed is not None:
+            out["tie_summed"] = self._tie_summed
         return out
 
     def __repr__(self) -> str:

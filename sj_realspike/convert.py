@@ -54,6 +54,7 @@ def convert_model(
     config: SpikeConfig | None = None,
     inplace: bool = False,
     input_layout: str | None = None,
+    tie_summed: bool = False,
 ) -> nn.Module:
     """Give a SpikingJelly network real-valued (or ternary) spikes with learnable amplitudes.
 
@@ -85,6 +86,10 @@ def convert_model(
             (default for multi-step models), ``"N,C,H,W"`` (a model that repeats its input
             over time inside ``forward``) or ``"N,C,T,F"``; ``N`` marks the batch dim,
             which export keeps dynamic, and ``T`` the time dim. Recorded for export/verify.
+        tie_summed: one shared amplitude for the neurons whose spikes are added before a
+            synapse (SEW ``ADD`` residual streams), so the deploy model has the plain
+            network's convolutions instead of one scaled copy per addend
+            (`SpikeConfig.set_tie_summed`; a config that sets it decides).
 
     Returns:
         ``net``'s class (a copy unless ``inplace``) in ``net``'s training mode with neuron
@@ -102,11 +107,12 @@ def convert_model(
     framework_of(net)  # refuses a network that mixes frameworks
     default = SpikeSpec(spike=spike, granularity=granularity, init=1.0)
     config = config or SpikeConfig()
+    tie = tie_summed if config.tie_summed is None else config.tie_summed
     model = net if inplace else copy_model(net)
     training = model.training
 
     result = capture(model, example_input, record=is_spiking_module)
-    report, selected = _plan(result, config, default, _device(model, example_input))
+    report, selected = _plan(result, config, default, _device(model, example_input), tie)
     layout = check_layout(input_layout, example_input, result, model)
     for sel in selected:
         module = model.get_submodule(sel.target)
@@ -129,7 +135,7 @@ def convert_model(
     set_record(model, {
         "stage": "converted",
         "conversion": report,
-        "config": config.to_dict(),
+        "config": {**config.to_dict(), **({"tie_summed": True} if tie else {})},
         "spike": spike,
         "granularity": granularity,
         "example_shape": tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else None,
@@ -143,9 +149,14 @@ def convert_model(
     return model
 
 
-def _plan(result: CaptureResult, config: SpikeConfig, default: SpikeSpec,
-          device: torch.device) -> tuple[ConversionReport, list[_Selected]]:
-    """Which neuron modules get which amplitude: decided on the captured graph, which is discarded."""
+def _plan(result: CaptureResult, config: SpikeConfig, default: SpikeSpec, device: torch.device,
+          tie: bool = False) -> tuple[ConversionReport, list[_Selected]]:
+    """Which neuron modules get which amplitude: decided on the captured graph, which is discarded.
+
+    With ``tie``, the neurons whose scaled spikes meet in one addition first share one
+    amplitude (`_tie_summed`); the sum then travels as one term, so ops that take one
+    spike train only (a max-pool, a concatenation, a product) may follow it.
+    """
     gm = result.gm
     modules = dict(gm.named_modules())
     report = ConversionReport(opaque=list(result.opaque), state_reads=list(result.state_reads),
@@ -184,13 +195,27 @@ def _plan(result: CaptureResult, config: SpikeConfig, default: SpikeSpec,
         sel.amp_target, sel.amp_nodes = insert_amplitude(gm, nodes, amp, target)
         selected.append(sel)
 
-    # Drop the amplitudes that could never be folded, until every remaining one can. A channel
-    # amplitude blocked in one orientation (channels first / last) gets one try in the other.
+    if tie:
+        _, stats = follow_amplitudes(gm, rewrite=False)
+        report.tied, report.untied = _tie_summed(gm, selected, stats.sums, modules)
+    _drop_blocked(gm, selected, calls, report, modules)
+    kept = {sel.target for sel in selected}
+    report.tied = [g for g in (tuple(t for t in group if t in kept) for group in report.tied) if len(g) > 1]
+    return report, selected
+
+
+def _drop_blocked(gm: fx.GraphModule, selected: list[_Selected], calls: dict[str, list[fx.Node]],
+                  report: ConversionReport, modules: dict[str, nn.Module]) -> None:
+    """Drop the amplitudes that could never be folded, until every remaining one can (in place).
+
+    A channel amplitude blocked in one orientation (channels first / last) gets one try in
+    the other (not a shared one: its other neurons keep theirs).
+    """
     retried: set[str] = set()
     while True:
         blockers, _ = follow_amplitudes(gm, rewrite=False)
         if not blockers:
-            break
+            return
         by_amp = {node: sel for sel in selected for node in sel.amp_nodes}
         hit: dict[_Selected, Blocker] = {}  # each blocked neuron once per round, with its first blocker
         for blocker in blockers:
@@ -201,7 +226,8 @@ def _plan(result: CaptureResult, config: SpikeConfig, default: SpikeSpec,
                     hit.setdefault(by_amp[a], blocker)
         for sel, blocker in hit.items():
             remove_amplitude(gm, sel.amp_nodes)
-            if sel.target not in retried and _flip_channels(sel):
+            shared = any(o is not sel and o.amplitude is sel.amplitude for o in selected)
+            if sel.target not in retried and not shared and _flip_channels(sel):
                 retried.add(sel.target)
                 sel.amp_nodes = call_after(gm, calls[sel.target], sel.amp_target)
                 continue
@@ -209,7 +235,62 @@ def _plan(result: CaptureResult, config: SpikeConfig, default: SpikeSpec,
             where = "" if f"'{blocker.node}'" in blocker.reason else f" at node '{blocker.node}'"
             _skip_or_raise(report, sel.target, modules[sel.target], sel.rule, blocker.reason + where,
                            blocker.remedy)
-    return report, selected
+
+
+def _tie_summed(gm: fx.GraphModule, selected: list[_Selected], sums: list[tuple[fx.Node, ...]],
+                modules: dict[str, nn.Module]) -> tuple[list[tuple[str, ...]], list[tuple[tuple[str, ...], str]]]:
+    """Let the neurons whose scaled spikes one addition sums share one amplitude (in ``gm`` and ``selected``).
+
+    Groups are the connected sets of "added together" (a residual stream: every block's
+    output neuron and the stream's first neuron). A group shares only if its amplitudes
+    are alike (shape, spike kind, granularity, init, slices); otherwise it stays untied
+    with the reason. Returns the tied groups and the untied ones, by neuron module path.
+    """
+    by_amp = {node: sel for sel in selected for node in sel.amp_nodes}
+    parent = {sel.target: sel.target for sel in selected}
+
+    def root(t: str) -> str:
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    for summed in sums:
+        members = [by_amp[a].target for a in summed if a in by_amp]
+        for other in members[1:]:
+            parent[root(other)] = root(members[0])
+    groups: dict[str, list[_Selected]] = {}
+    for sel in selected:
+        groups.setdefault(root(sel.target), []).append(sel)
+    tied, untied = [], []
+    for group in (g for g in groups.values() if len(g) > 1):
+        names = tuple(sel.target for sel in group)
+        kinds = [_alike(sel, modules[sel.target]) for sel in group]
+        if len(set(kinds)) > 1:
+            untied.append((names, "their amplitudes differ in shape, spike kind, granularity, init or slices ("
+                                  + "; ".join(f"{n}: {_describe_alike(k)}" for n, k in zip(names, kinds)) + ")"))
+            continue
+        first = group[0]
+        for sel in group[1:]:
+            for node in sel.amp_nodes:
+                node.target = first.amp_target
+            delattr(gm, sel.amp_target)
+            sel.amplitude, sel.amp_target = first.amplitude, first.amp_target
+        tied.append(names)
+    return tied, untied
+
+
+def _alike(sel: _Selected, module: nn.Module) -> tuple:
+    """What must be equal for two neurons to share one amplitude."""
+    amp, spec = sel.amplitude, sel.spec
+    spike = "ternary" if spec.spike == "ternary" or is_ternary(module) else "real"
+    return tuple(amp.a.shape), spike, spec.granularity, spec.init, amp.repeat, amp.repeat_dim
+
+
+def _describe_alike(key: tuple) -> str:
+    shape, spike, granularity, init, repeat, _ = key
+    return f"{'x'.join(map(str, shape)) or 'scalar'} {spike} {granularity} init={init}" + \
+        (f" slices of {repeat}" if repeat != 1 else "")
 
 
 _LAYOUT_NAMES = {3: "T,N,F", 4: "T,N,C,L", 5: "T,N,C,H,W", 6: "T,N,C,D,H,W"}

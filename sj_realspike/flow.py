@@ -6,6 +6,11 @@ neuron's spikes and ``L_i`` are linear ops (reshape, average pooling, dropout,
 scalar factors) already applied to the spikes. Linear ops distribute over the sum,
 so each term is carried on its own until it meets:
 
+* an addition of terms that carry the same amplitudes with equal scales (one
+  amplitude shared by the neurons of a residual stream, `SpikeConfig.set_tie_summed`,
+  or one neuron's spikes added to themselves): ``a⊙A + a⊙B = a⊙(A + B)``, so they
+  continue as one term on the sum of their spikes;
+
 * a conv / linear layer: each term gets its own copy of the layer with ``a_i``
   folded into the weights, and the copies' outputs are summed;
 * a neuron: the scaled terms enter the membrane through `DiagonalSynapse`s;
@@ -67,12 +72,13 @@ class Blocker:
 
 @dataclass
 class FoldStats:
-    """What the rewrite did, for the deploy model's report."""
+    """What the walk found (``sums``) and the rewrite did (the rest, for the deploy model's report)."""
 
     scaled_synapses: list[str] = field(default_factory=list)
     unshared_convs: list[str] = field(default_factory=list)
     merged_linears: list[str] = field(default_factory=list)
     diagonal_synapses: list[str] = field(default_factory=list)
+    sums: list[tuple[fx.Node, ...]] = field(default_factory=list)  # per addition: amplitude nodes it sums
 
 
 class _Blocked(Exception):
@@ -272,7 +278,44 @@ class _Walker:
                             f"{describe(node, self.modules)} broadcasts {self._shape(arg)} to {out_shape}",
                             "Add tensors of equal shape, or leave the neurons feeding it binary")
             terms.extend(self.exprs.get(arg, (Term(arg, out_shape, None, 0),)))
-        self.exprs[node] = tuple(terms)
+        summed = tuple(dict.fromkeys(s for t in terms if t.scale is not None and not t.deferred for s in t.sources))
+        if summed:
+            self.stats.sums.append(summed)
+        self.exprs[node] = self._merge_shared(node, terms)
+
+    def _merge_shared(self, node: fx.Node, terms: list[Term]) -> tuple[Term, ...]:
+        """Terms of one sum with the same amplitudes and equal scales, merged: ``a⊙A + a⊙B = a⊙(A + B)``.
+
+        Only terms whose amplitude modules are the same (a shared amplitude, or one neuron's
+        spikes added to themselves) merge, so the deploy graph never depends on values that
+        happen to be equal. In the rewrite the merged term reads a new addition of the
+        spike tensors, placed before ``node``.
+        """
+        out_shape = self._shape(node)
+        merged: list[Term] = []
+        for t in terms:
+            if t.scale is not None and not t.deferred and t.shape == out_shape:
+                key = frozenset(s.target for s in t.sources)
+                at = next((i for i, m in enumerate(merged)
+                           if m.scale is not None and not m.deferred and m.shape == out_shape
+                           and m.batch_dims == t.batch_dims and frozenset(s.target for s in m.sources) == key
+                           and m.scale.shape == t.scale.shape and torch.equal(m.scale, t.scale)), None)
+                if at is not None:
+                    m = merged[at]
+                    merged[at] = replace(m, node=self._add_nodes(node, m.node, t.node),
+                                         sources=tuple(dict.fromkeys(m.sources + t.sources)))
+                    continue
+            merged.append(t)
+        return tuple(merged)
+
+    def _add_nodes(self, op: fx.Node, x: fx.Node, y: fx.Node) -> fx.Node:
+        """``x + y`` placed before ``op`` (``op`` itself when only analysing)."""
+        if not self.rewrite:
+            return op
+        with self.graph.inserting_before(op):
+            new = self.graph.call_function(operator.add, (x, y))
+        new.meta = dict(op.meta)
+        return new
 
     def _permute(self, node: fx.Node) -> None:
         out_shape = self._shape(node)

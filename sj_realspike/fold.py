@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from .amplitude import Amplitude
 from .capture import capture, check_generality
-from .convert import insert_amplitude, remove_amplitude
+from .convert import call_after, insert_amplitude, remove_amplitude
 from .errors import UnsupportedPatternError
 from .flow import follow_amplitudes
 from .frameworks import invalidate, reset, step_mode
@@ -131,13 +131,15 @@ def capture_converted(model: nn.Module, x: torch.Tensor, *,
         UnsupportedPatternError: the model's forward reads neuron state, which the
             deploy graph would freeze into a constant.
     """
-    after = {}
+    after, first_path = {}, {}
     for path, m in list(model.named_modules()):
         if isinstance(m, AmplitudeNeuron):
             # The neuron becomes its plain class again; the amplitude stays its submodule, where no
             # container's forward can run it (a root nn.Sequential would run a module added to it).
-            m.add_module(AMPLITUDE_ATTR, detach_amplitude(m))
-            after[path] = f"{path}.{AMPLITUDE_ATTR}" if path else AMPLITUDE_ATTR
+            amp = detach_amplitude(m)
+            m.add_module(AMPLITUDE_ATTR, amp)
+            # An amplitude shared by several neurons (tie_summed) is called by one name, its first.
+            after[path] = first_path.setdefault(id(amp), f"{path}.{AMPLITUDE_ATTR}" if path else AMPLITUDE_ATTR)
     invalidate(model)
     result = capture(model, x, after=after)
     if result.value_forced:
@@ -216,14 +218,18 @@ def _amplitudes_for_constant_factors(gm: fx.GraphModule) -> None:
     """
     modules = dict(gm.named_modules())
     device = next((p.device for p in gm.parameters()), torch.device("cpu"))
-    added = []
+    added: list[fx.Node] = []
+    target = None  # one module for all: sums of such spikes fold as one term (`flow`'s shared amplitudes)
     for node in dict.fromkeys(neuron for neuron, _ in constant_factors_on_spikes(gm)):
         if "tensor_meta" not in node.meta:
             continue
         if any(classify(u, modules) is OpKind.AMPLITUDE for u in node.users):
             continue
-        _, (amp,) = insert_amplitude(gm, [node], Amplitude((), "layer", 1.0).to(device), node.target)
-        added.append(amp)
+        if target is None:
+            target, amps = insert_amplitude(gm, [node], Amplitude((), "layer", 1.0).to(device), "constant_factor")
+        else:
+            amps = call_after(gm, [node], target)
+        added.extend(amps)
     while added:
         blockers, _ = follow_amplitudes(gm, rewrite=False, check_values=True)
         blocked = {s for b in blockers for s in b.sources}.intersection(added)

@@ -55,6 +55,8 @@ class ConversionReport:
     opaque: list[tuple[str, str]] = field(default_factory=list)  # (module, reason) kept whole at capture
     state_reads: list[tuple[str, str]] = field(default_factory=list)  # (module, attribute) read in forward
     value_branches: list[str] = field(default_factory=list)  # nodes where forward branches on tensor values
+    tied: list[tuple[str, ...]] = field(default_factory=list)  # neurons sharing one amplitude (tie_summed)
+    untied: list[tuple[tuple[str, ...], str]] = field(default_factory=list)  # (neurons, why) summed but not tied
 
     def __str__(self) -> str:
         parts = [f"{len(self.converted)} of {self.total} neurons converted, {len(self.skipped)} skipped, "
@@ -72,6 +74,8 @@ class ConversionReport:
                                       [[s.module, s.neuron, s.reason] for s in self.skipped]))
         if self.untouched:
             parts.append("left alone by config: " + ", ".join(self.untouched))
+        parts += [f"one amplitude shared (tie_summed) by: {', '.join(group)}" for group in self.tied]
+        parts += [f"summed but not tied: {', '.join(group)}: {why}" for group, why in self.untied]
         if self.calls:
             parts.append("called more than once (one amplitude each): "
                          + ", ".join(f"{m} x{n}" for m, n in self.calls.items()))
