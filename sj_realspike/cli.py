@@ -109,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--spike", choices=("real", "ternary"), default="real")
     c.add_argument("--granularity", choices=("layer", "channel", "element"), default="channel")
     c.add_argument("--recipe", metavar="FILE|NAME", help="TOML recipe, by path or shipped name")
+    c.add_argument("--tie-summed", action="store_true",
+                   help="one amplitude for the neurons whose spikes are added before a synapse (SEW ADD "
+                        "streams): the deploy model keeps the plain network's convs (a recipe's tie_summed decides)")
     c.add_argument("-o", "--output", required=True, metavar="BUNDLE")
 
     f = command("fold", "Fold the amplitudes of a converted bundle into the weights (binary/ternary spikes).")
@@ -259,7 +262,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     net = build_model(manifest, args.checkpoint, trust=args.trust, trust_factory=True)
     config = SpikeConfig.from_file(args.recipe) if args.recipe else None
     model = convert_model(net, torch.rand(args.example_shape), spike=args.spike, granularity=args.granularity,
-                          config=config, inplace=True)
+                          config=config, inplace=True, tie_summed=args.tie_summed)
     record_source(model, args.model, kwargs, step_mode)
     save_bundle(model, args.output)
     print(conversion_report(model))

@@ -4,6 +4,7 @@ scales the plain network's synapses (no copy per addend) and stays bit-exact."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import nets
 import pytest
@@ -196,3 +197,15 @@ def test_sew_recipe_documents_the_tied_alternative():
     cfg = rs.SpikeConfig.from_dict(__import__("tomllib").loads(text.replace("# tie_summed = true",
                                                                               "tie_summed = true")))
     assert cfg.tie_summed is True
+
+
+def test_cli_convert_tie_summed_round_trips_through_the_bundle(tmp_path, monkeypatch):
+    from sj_realspike.cli import main
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    argv = ["convert", "--model", "nets:custom", "--kwargs", '{"name": "sum", "neuron_name": "IF"}',
+            "--example-shape", "2,2,3,16,16", "--tie-summed", "-o", str(tmp_path / "c.bundle")]
+    assert main(argv) == 0
+    model = rs.load_bundle(tmp_path / "c.bundle", trust=["nets"])
+    assert rs.conversion_report(model).tied == [SUM_GROUP]
+    assert record_of(model)["config"] == {"tie_summed": True}
