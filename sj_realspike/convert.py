@@ -27,6 +27,7 @@ from .ops import OpKind, classify
 from .frameworks import framework_of, invalidate, neuron_adapter, reset, step_mode
 from .neurons import is_neuron, is_ternary, ternary_problem, to_ternary
 from .recognise import is_spiking_module, spike_output_problem
+from .recurrent import internal_synapse_problem
 from .report import ConversionReport, ConvertedNeuron, SkippedNeuron, set_record
 from .spiking import AmplitudeNeuron, attach_amplitude, base_class
 from .state import copy_model
@@ -191,6 +192,9 @@ def _plan(result: CaptureResult, config: SpikeConfig, default: SpikeSpec, device
                                                          f"into {spec.slices or 3} equal slices")
             continue
         amp = amp.to(device)
+        if (problem := internal_synapse_problem(module, amp.full().detach())) is not None:
+            _skip_or_raise(report, target, module, rule, problem)
+            continue
         sel = _Selected(target, spec, rule, amp)
         sel.amp_target, sel.amp_nodes = insert_amplitude(gm, nodes, amp, target)
         selected.append(sel)

@@ -23,6 +23,7 @@ never be folded) and `fold` (``rewrite=True``: build the deploy graph).
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import operator
 import zlib
@@ -35,7 +36,7 @@ import torch.nn as nn
 from .amplitude import Amplitude
 from .capture import OPAQUE_KEY
 from .errors import UnsupportedPatternError
-from .frameworks import batch_dims
+from .frameworks import batch_dims, neuron_adapter
 from .ops import OpKind, classify, describe, permutation, reduction, scalar_factor
 from .scales import compact, full_rank, matmul_scale, permute_scale, reduce_scale, slice_scale, varies_only_along_last
 from .synapses import DiagonalSynapse, UnsharedConv2d
@@ -139,6 +140,8 @@ class _Walker:
             self._amplitude(node)
             return
         carried = [a for a in node.all_input_nodes if a in self.exprs]
+        if kind is OpKind.NEURON:  # its own spikes passed back to it: read by its recurrent weights, scaled by fold
+            carried = [a for a in carried if not self._fed_back(node, a)]
         if not carried:
             return
         handler = {
@@ -169,6 +172,23 @@ class _Walker:
                         "additions on their way to a conv/linear layer or a neuron; leave this neuron "
                         "binary (SpikeConfig.set_name(<neuron>, None)) or restructure the model")
         handler(node)
+
+    def _fed_back(self, neuron: fx.Node, arg: fx.Node) -> bool:
+        """Whether ``arg`` is ``neuron``'s own amplitude-scaled spikes, passed back only where it reads its own spikes.
+
+        An ``RLeaky`` call ``rlif(cur, spk, mem)`` takes its previous spikes back; its recurrent
+        weights read them (`FrameworkAdapter.internal_synapses`), and fold scales those weights
+        by the neuron's amplitude, so the amplitude ends there like at any synapse.
+        """
+        module = self.modules[neuron.target]
+        adapter = neuron_adapter(module)
+        positions = adapter.spike_arguments(module) if adapter is not None else ()
+        if not positions or classify(arg, self.modules) is not OpKind.AMPLITUDE \
+                or _call_of(arg.args[0]).target != neuron.target:
+            return False
+        names = [name for i, name in enumerate(inspect.signature(module.forward).parameters) if i in positions]
+        at = [i for i, a in enumerate(neuron.args) if a is arg] + [k for k, v in neuron.kwargs.items() if v is arg]
+        return bool(at) and all(i in positions or i in names for i in at)
 
     def _unsupported_reason(self, node: fx.Node, kind: OpKind) -> str:
         if kind is OpKind.OUTPUT:

@@ -17,6 +17,7 @@ from .flow import follow_amplitudes
 from .frameworks import invalidate, reset, step_mode
 from .neurons import is_neuron, is_ternary
 from .ops import OpKind, classify, scalar_factor
+from .recurrent import fold_internal_synapses
 from .report import FoldReport, record_of, set_record
 from .spiking import AMPLITUDE_ATTR, AmplitudeNeuron, detach_amplitude
 from .state import copy_model
@@ -91,6 +92,7 @@ def fold(model: nn.Module, *, inplace: bool = False,
     # Weights stay float64 until the very end: BN and amplitude factors round once.
     report.fused_batchnorms = fuse_batchnorm(gm, dtype=torch.float64)
     _amplitudes_for_constant_factors(gm)
+    internal = fold_internal_synapses(gm)  # recurrent weights inside neurons (RLeaky) read their own spikes
     _, stats = follow_amplitudes(gm, rewrite=True)
     for m in gm.modules():  # the folded amplitudes, parked on their neurons for the capture
         if AMPLITUDE_ATTR in m._modules:
@@ -107,7 +109,7 @@ def fold(model: nn.Module, *, inplace: bool = False,
         n.target: "ternary" if is_ternary(modules[n.target]) else "binary"
         for n in gm.graph.nodes if n.op == "call_module" and is_neuron(modules[n.target])
     }
-    report.scaled_synapses = stats.scaled_synapses
+    report.scaled_synapses = [*internal, *stats.scaled_synapses]
     report.unshared_convs = stats.unshared_convs
     report.merged_linears = stats.merged_linears
     report.diagonal_synapses = stats.diagonal_synapses

@@ -14,6 +14,7 @@ Three kinds of model reach export:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -21,7 +22,7 @@ import torch.nn as nn
 from .lowering import step_mode_of
 from .report import record_of
 
-__all__ = ["InputLayout", "input_layout_of"]
+__all__ = ["InputLayout", "input_layout_of", "stack_steps"]
 
 _NAMES = {3: "T,N,F", 4: "T,N,C,L", 5: "T,N,C,H,W", 6: "T,N,C,D,H,W"}
 
@@ -98,3 +99,17 @@ def input_layout_of(model: nn.Module, x: torch.Tensor) -> InputLayout:
 def _name(rank: int) -> str:
     """The default name of a rank-``rank`` sequence ``[T, N, …]``, e.g. ``"T,N,C,H,W"``."""
     return _NAMES.get(rank, ",".join(["T", "N"] + [f"D{i}" for i in range(rank - 2)]))
+
+
+def stack_steps(outputs: list[Any]) -> Any:
+    """The per-step outputs of a single-step model stacked along a new first (time) dim.
+
+    A step that returns several values (snnTorch's ``(spk, mem)``) gives the same structure
+    with each item stacked; ``None`` items stay ``None``.
+    """
+    first = outputs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(outputs)
+    if isinstance(first, (tuple, list)):
+        return type(first)(stack_steps([o[i] for o in outputs]) for i in range(len(first)))
+    return first

@@ -118,9 +118,7 @@ def lower_for_export(model: fx.GraphModule, example_input: torch.Tensor, *,
             elif mode == "s":
                 raise UnsupportedPatternError(
                     node.target, f"single-step neuron without an export lowering: {reason}",
-                    "Switch the network to multi-step before convert_model "
-                    "(functional.set_step_mode(net, 'm')); multi-step neurons without a lowering "
-                    "are exported through SpikingJelly's own forward")
+                    adapter.lowering_remedy(m))
             elif node.target not in kept:
                 kept.append(node.target)
                 logger.warning("neuron '%s' kept as SpikingJelly's %s (%s); exported through its own "

@@ -45,6 +45,8 @@ def _ternary_classes() -> tuple[type, ...]:
 @cache
 def _synapse_classes() -> tuple[type, ...]:
     return (*_FOLD_SYNAPSES, *synapse_types())
+
+
 _SYNAPSE_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MatMul", "MatMulInteger", "QLinearMatMul",
                 "Gemm", "Einsum"}
 _SCALING_OPS = {"Mul", "Div", "Neg", "Reciprocal", "BatchNormalization", "InstanceNormalization",

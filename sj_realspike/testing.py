@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from .fold import capture_converted, example_for
 from .frameworks import adapter_for, reset, spikes_of
+from .layout import stack_steps
 from .neurons import is_neuron
 from .ops import OpKind, classify
 from .report import record_of
@@ -135,7 +136,7 @@ def run(model: nn.Module, x: torch.Tensor, steps: bool = False) -> torch.Tensor:
     """
     reset(model)
     with torch.no_grad():
-        y = torch.stack([model(xt) for xt in x]) if steps else model(x)
+        y = stack_steps([model(xt) for xt in x]) if steps else model(x)
     reset(model)
     return y
 

@@ -188,6 +188,10 @@ class FrameworkAdapter:
         """
         raise ValueError(self.lowering_problem(m))
 
+    def lowering_remedy(self, m: nn.Module) -> str:
+        """What to do about a neuron without a lowering where export needs one (single-step models)."""
+        return "Use a neuron type that has an export lowering"
+
     def rewrite_lowered(self, gm: Any) -> None:
         """A last in-place rewrite of the lowered deploy graph (``fx.GraphModule``) for this framework's modules.
 

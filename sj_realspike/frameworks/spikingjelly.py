@@ -243,6 +243,10 @@ class SpikingJellyAdapter(FrameworkAdapter):
 
         return unsupported_neuron_reason(m)
 
+    def lowering_remedy(self, m: nn.Module) -> str:
+        return ("Switch the network to multi-step before convert_model (functional.set_step_mode(net, 'm')); "
+                "multi-step neurons without a lowering are exported through SpikingJelly's own forward")
+
     def lower(self, m: nn.Module, time_steps: int | None) -> nn.Module:
         from ..lowered import lower_neuron
 

@@ -1,0 +1,491 @@
+"""snnTorch: neurons ``Leaky``, ``Synaptic``, ``RLeaky``, ``Alpha``, ``Lapicque`` and `TernaryLeaky`.
+
+snnTorch's neurons are single-step: one call is one time step, the time loop is the
+user's (``for step in range(T): spk, mem = lif(fc(x[step]), mem)``), so a network takes
+``[N, …]`` per call and ``[T, N, …]`` at export and verify, like a single-step
+SpikingJelly network. What this adapter knows about them, measured on snntorch 1.0:
+
+* **Calls.** With ``init_hidden=True`` a neuron keeps its state in buffers and returns its
+  spikes (or ``(spk, mem)`` with ``output=True``); otherwise it takes the state as
+  arguments and returns ``(spk, mem)`` (``Synaptic``: ``(spk, syn, mem)``; ``Alpha``:
+  ``(spk, syn_exc, syn_inh, mem)``). The spikes are item 0 (`spike_index`).
+* **Capture.** ``forward`` branches on ``self.mem.shape == input_.shape``: every
+  ``SpikingNeuron`` is a leaf.
+* **State** is the neuron's non-persistent buffers (``mem``, ``syn``, ``spk``, …): reset here
+  gives them size 0, which snnTorch's own ``forward`` re-creates as zeros of the input's
+  shape. (``snntorch.utils.reset`` resets only direct children, and ``reset_hidden`` a
+  class-level instance list that copies of a model are not in.)
+* **Amplitudes** scale the spikes in ``fire``, exactly where snnTorch applies
+  ``graded_spikes_factor``: what the neuron returns and what an ``RLeaky`` feeds back to
+  its ``recurrent`` weights are both ``a ⊙ s``. The recurrent weights are synapses: fold
+  scales them like the next layer's. A net trained in plain snnTorch with
+  ``graded_spikes_factor`` (learnable or not) has that factor moved into the amplitude at
+  conversion (`intrinsic_amplitude`), so fold puts it into the next synapse and the deploy
+  neuron sends binary spikes.
+* **Dynamics** for the export lowering, snnTorch's own: ``reset = H(mem_{t−1} − θ)``
+  (the subtract/zero reset of a step comes from the previous membrane, one step late),
+  ``mem_t = clamp(β, 0, 1)·mem_{t−1} + x_t − reset·θ``, ``spk_t = H(mem_t − θ)`` with
+  ``H(u) = [u > 0]``; the lowering repeats snnTorch's operations in snnTorch's order, so
+  it is bit-identical.
+* **Refused** (the report names the neuron and why): ``inhibition=True`` (fires only the
+  largest membrane, through another path), ``reset_delay=False`` (the reset divides the
+  spikes by ``graded_spikes_factor``, which an amplitude would change), and the other
+  spiking modules (``RSynaptic``, ``SLSTM``, ``SConv2dLSTM``, ``LeakyParallel``,
+  ``StateLeaky``, …).
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections import OrderedDict
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from snntorch._neurons.neurons import SpikingNeuron
+
+import snntorch
+
+from ..spiking import AMPLITUDE_ATTR, AmplitudeNeuron
+from .base import FrameworkAdapter, Refusal, register
+
+__all__ = ["LoweredSnnTorchNeuron", "SnnTorchAdapter", "SnnTorchAmplitudeNeuron", "SnnTorchFire", "SnnTorchTernaryFire",
+           "TernaryLeaky"]
+
+
+class TernaryLeaky(snntorch.Leaky):
+    """A ternary ``Leaky``: +1 where ``mem > θ``, −1 where ``mem < −θ``, else 0; both polarities reset.
+
+    The same first-order leaky membrane as ``snntorch.Leaky`` (``β`` clamped to [0, 1], the
+    reset one step late as in snnTorch), like SpikingJelly's ``TernaryLIFNode`` beside
+    ``LIFNode``: a negative spike subtracts ``−θ`` (adds ``θ``) under ``"subtract"`` and
+    zeroes the membrane under ``"zero"``. Spikes are scaled by ``graded_spikes_factor``
+    like ``Leaky``'s. Takes ``Leaky``'s arguments; ``inhibition`` and ``reset_delay=False``
+    are refused.
+    """
+
+    def __init__(self, beta: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(beta, *args, **kwargs)
+        if self.inhibition:
+            raise ValueError("TernaryLeaky does not support inhibition")
+        if not self.reset_delay:
+            raise ValueError("TernaryLeaky needs reset_delay=True (snnTorch's default)")
+
+    def fire(self, mem: torch.Tensor) -> torch.Tensor:
+        if self.state_quant:
+            mem = self.state_quant(mem)
+        spk = self.spike_grad(mem - self.threshold) - self.spike_grad(-mem - self.threshold)
+        return spk * self.graded_spikes_factor
+
+    def mem_reset(self, mem: torch.Tensor) -> torch.Tensor:
+        # signed: +1 after a positive spike, −1 after a negative one ("subtract" then adds θ)
+        return (self.spike_grad(mem - self.threshold) - self.spike_grad(-mem - self.threshold)).clone().detach()
+
+    def _base_zero(self, input_: torch.Tensor) -> torch.Tensor:
+        self.mem = (1 - self.reset.abs()) * self.mem
+        return self._base_state_function(input_)
+
+
+class SnnTorchAmplitudeNeuron(AmplitudeNeuron):
+    """``RealSpike<snnTorch neuron>``: the amplitude scales the spikes in ``fire``.
+
+    That is where snnTorch applies ``graded_spikes_factor``, so the returned spikes and
+    those an ``RLeaky`` feeds back to its recurrent weights are both ``a ⊙ s``, in every
+    call style; ``forward`` is the neuron's own.
+    """
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return super(AmplitudeNeuron, self).forward(*args, **kwargs)
+
+    def fire(self, mem: torch.Tensor) -> torch.Tensor:
+        return getattr(self, AMPLITUDE_ATTR)(super().fire(mem))
+
+
+_LEAKY = (snntorch.Leaky,)
+_SUPPORTED = (snntorch.Leaky, snntorch.Synaptic, snntorch.RLeaky, snntorch.Alpha, snntorch.Lapicque)
+_SUPPORTED_NAMES = "Leaky, Synaptic, RLeaky, Alpha, Lapicque, TernaryLeaky"
+# Lowered for export: snnTorch's update repeated op for op (Alpha is not, yet).
+_LOWERED = (snntorch.Leaky, TernaryLeaky, snntorch.Synaptic, snntorch.RLeaky, snntorch.Lapicque)
+_MECHANISMS = ("subtract", "zero", "none")
+_ONNX_REMEDY = "export_onnx supports this model as it is"
+
+
+def _heaviside_probe() -> torch.Tensor:
+    tiny = torch.finfo(torch.float32).tiny
+    return torch.tensor([-2.0, -1.0, -tiny, -0.0, 0.0, tiny, 0.5, 1.0, 3.0, float("inf"), float("-inf")])
+
+
+def _surrogate_is_heaviside(m: nn.Module) -> bool:
+    """Whether ``m.spike_grad``'s forward is snnTorch's step ``[u > 0]`` (every built-in surrogate's)."""
+    u = _heaviside_probe()
+    try:
+        with torch.no_grad():
+            out = m.spike_grad(u.clone())
+    except Exception:  # a surrogate that cannot run on a probe is not one we can lower
+        return False
+    return isinstance(out, torch.Tensor) and out.shape == u.shape and torch.equal(out.float(), (u > 0).float())
+
+
+class SnnTorchAdapter(FrameworkAdapter):
+    """snnTorch's ``SpikingNeuron`` family: recognition, state, amplitudes, ternary ``Leaky``, lowering."""
+
+    name = "snntorch"
+    package = "snntorch"
+
+    # ------------------------------------------------------------ recognition
+    def neuron_types(self) -> tuple[type, ...]:
+        return (*_SUPPORTED, SnnTorchFire)
+
+    def ternary_types(self) -> tuple[type, ...]:
+        return (TernaryLeaky, SnnTorchTernaryFire)
+
+    def owns(self, m: nn.Module) -> bool:
+        return isinstance(m, (SpikingNeuron, LoweredSnnTorchNeuron))
+
+    def is_spiking(self, m: nn.Module) -> bool:
+        return isinstance(m, SpikingNeuron)
+
+    def is_neuron(self, m: nn.Module) -> bool:
+        return isinstance(m, _SUPPORTED)
+
+    def not_neuron_reason(self, m: nn.Module) -> str:
+        return (f"{type(m).__name__} emits spikes but sj_realspike supports the snnTorch neurons "
+                f"{_SUPPORTED_NAMES} only, so its spikes stay binary")
+
+    def conversion_problem(self, m: nn.Module) -> str | None:
+        if m.inhibition:
+            return ("inhibition=True fires only the largest membrane through fire_inhibition, which does not "
+                    "apply spike factors; set inhibition=False")
+        if not getattr(m, "reset_delay", True):
+            return ("reset_delay=False resets by spk / graded_spikes_factor, which a spike amplitude would change; "
+                    "use reset_delay=True (snnTorch's default)")
+        return None
+
+    # ------------------------------------------------------------------ capture
+    def is_leaf(self, m: nn.Module) -> bool:
+        # forward branches on `self.mem.shape == input_.shape` and keeps state in buffers.
+        return isinstance(m, (SpikingNeuron, LoweredSnnTorchNeuron))
+
+    # ------------------------------------------------------------------- state
+    def reset(self, model: nn.Module) -> None:
+        for m in model.modules():
+            if isinstance(m, SpikingNeuron):
+                for key, value in self.state(m).items():
+                    # size 0: snnTorch's forward makes zeros of the input's shape, dtype and device
+                    setattr(m, key, torch.zeros(0, device=value.device))
+            elif isinstance(m, LoweredSnnTorchNeuron):
+                m.reset()
+
+    def state(self, m: nn.Module) -> dict[str, Any]:
+        if not isinstance(m, SpikingNeuron):
+            return {}
+        return {key: m._buffers[key] for key in sorted(m._non_persistent_buffers_set)
+                if isinstance(m._buffers.get(key), torch.Tensor)}
+
+    # -------------------------------------------------------------------- calls
+    def spike_index(self, m: nn.Module, out: Any) -> int | None:
+        return 0 if isinstance(out, tuple) else None
+
+    # ----------------------------------------------------------------- amplitude
+    def amplitude_mixin(self, m: nn.Module) -> type:
+        return SnnTorchAmplitudeNeuron
+
+    def intrinsic_amplitude(self, m: nn.Module) -> torch.Tensor | None:
+        g = getattr(m, "graded_spikes_factor", None)
+        if not isinstance(g, torch.Tensor):
+            return None
+        if isinstance(g, nn.Parameter) or g.numel() != 1 or float(g) != 1.0:
+            return g.detach()
+        return None
+
+    def clear_intrinsic_amplitude(self, m: nn.Module) -> None:
+        g = m.graded_spikes_factor
+        one = torch.ones((), dtype=g.dtype, device=g.device)
+        if "graded_spikes_factor" in m._parameters:
+            del m._parameters["graded_spikes_factor"]
+        m.register_buffer("graded_spikes_factor", one)
+
+    def internal_synapses(self, m: nn.Module) -> dict[str, nn.Module]:
+        return {"recurrent": m.recurrent} if isinstance(m, snntorch.RLeaky) else {}
+
+    def spike_arguments(self, m: nn.Module) -> tuple[int, ...]:
+        return (1,) if isinstance(m, snntorch.RLeaky) else ()  # forward(input_, spk, mem)
+
+    # ------------------------------------------------------------------- ternary
+    def is_ternary(self, m: nn.Module) -> bool:
+        return isinstance(m, TernaryLeaky)
+
+    def ternary_problem(self, m: nn.Module) -> str | None:
+        if self.is_ternary(m):
+            return None
+        if type(m) is not snntorch.Leaky:
+            return f"{type(m).__name__} has no ternary counterpart (Leaky has: TernaryLeaky)"
+        return self.conversion_problem(m)
+
+    def to_ternary(self, m: nn.Module) -> nn.Module:
+        """A `TernaryLeaky` with ``m``'s ``β``, threshold, surrogate, reset, style and spike factor (copied)."""
+        if self.is_ternary(m):
+            return m
+        problem = self.ternary_problem(m)
+        if problem is not None:
+            raise ValueError(problem)
+        new = TernaryLeaky(
+            beta=m.beta.detach().clone(), threshold=m.threshold.detach().clone(), spike_grad=m.spike_grad,
+            surrogate_disable=m.surrogate_disable, init_hidden=m.init_hidden, inhibition=False,
+            learn_beta=isinstance(m.beta, nn.Parameter), learn_threshold=isinstance(m.threshold, nn.Parameter),
+            reset_mechanism=m.reset_mechanism, state_quant=m.state_quant, output=m.output,
+            graded_spikes_factor=m.graded_spikes_factor.detach().clone(),
+            learn_graded_spikes_factor=isinstance(m.graded_spikes_factor, nn.Parameter), reset_delay=m.reset_delay)
+        if m.surrogate_disable:
+            new.spike_grad = m.spike_grad
+        new.to(m.beta.device)
+        new.train(m.training)
+        return new
+
+    # -------------------------------------------------------------------- export
+    def lowering_problem(self, m: nn.Module) -> str | None:
+        if type(m) not in _LOWERED:
+            return (f"{type(m).__name__} has no export lowering (lowered: "
+                    f"{', '.join(c.__name__ for c in _LOWERED)})")
+        if m.inhibition or not getattr(m, "reset_delay", True):
+            return "inhibition=True or reset_delay=False is not lowered"
+        if m.state_quant:
+            return "it quantizes its state (state_quant), which is not lowered"
+        if not _surrogate_is_heaviside(m):
+            return f"its spike_grad's forward ({type(m.spike_grad).__name__}) is not snnTorch's step [u > 0]"
+        return None
+
+    def lower(self, m: nn.Module, time_steps: int | None) -> nn.Module:
+        problem = self.lowering_problem(m)
+        if problem is not None:
+            raise ValueError(problem)
+        if time_steps is None:
+            raise ValueError("snnTorch neurons are single-step: lower them with the number of time steps")
+        return LoweredSnnTorchNeuron(m, time_steps)
+
+    def lowering_remedy(self, m: nn.Module) -> str:
+        return (f"Use {', '.join(c.__name__ for c in _LOWERED)} neurons, or keep this layer out of the exported "
+                "network")
+
+    def lower_step(self, m: nn.Module) -> nn.Module | None:
+        return LoweredSnnTorchNeuron(m, None) if self.lowering_problem(m) is None else None
+
+    def rewrite_lowered(self, gm: fx.GraphModule) -> None:
+        """Call each lowered neuron's `fire` on its membrane as its own node, scoped as the neuron.
+
+        The lowered neuron returns its state; its spikes are ``fire(mem)``, a node whose module
+        stack names the neuron's path with the class `SnnTorchFire`, so ONNX purity finds the
+        spikes there and nowhere else. The neuron's users get what they read before: the spikes,
+        or the state items of its ``(spk, …)`` tuple.
+        """
+        modules = dict(gm.named_modules())
+        for node in list(gm.graph.nodes):
+            low = modules.get(node.target) if node.op == "call_module" else None
+            if not isinstance(low, LoweredSnnTorchNeuron):
+                continue
+            users = list(node.users)
+            last = len(low._zeros(torch.zeros(1))) - 1
+            with gm.graph.inserting_after(node):
+                mem = gm.graph.call_function(operator.getitem, (node, last))
+            with gm.graph.inserting_after(mem):
+                spk = gm.graph.call_module(f"{node.target}.fire", (mem,))
+            stack = OrderedDict(node.meta.get("nn_module_stack") or {node.target: (node.target, type(low))})
+            key = next(reversed(stack))
+            spk.meta["nn_module_stack"] = OrderedDict([*list(stack.items())[:-1], (key, (stack[key][0], type(low.fire)))])
+            if low.returns_spikes_only:
+                for user in users:
+                    user.replace_input_with(node, spk)
+                continue
+            for user in users:
+                if not (user.op == "call_function" and user.target is operator.getitem):
+                    raise Refusal(f"'{node.target}' returns a tuple that is used whole ({user.name}), not item by item",
+                                  "Unpack the neuron's (spk, mem) output")
+                index = user.args[1]
+                if index == 0:
+                    user.replace_all_uses_with(spk)
+                    gm.graph.erase_node(user)
+                else:
+                    user.args = (node, low.output_items.index(index) if index in low.output_items else index)
+
+    # ----------------------------------------------------------------------- NIR
+    def nir_node(self, m: nn.Module, nir: Any, features: tuple[int, ...], dt: float) -> Any:
+        raise Refusal(f"snnTorch's {type(m).__name__} has no NIR mapping in sj_realspike yet",
+                      f"Use ONNX ({_ONNX_REMEDY})")
+
+    def make_dyadic(self, m: nn.Module) -> None:
+        with torch.no_grad():
+            if isinstance(m, snntorch.Lapicque):  # mem = x·R·(1/(R·C))·Δt + (1 − Δt/(R·C))·mem = x/2 + mem/2
+                for key, value in (("R", 1.0), ("C", 1.0), ("time_step", 0.5)):  # float: Δt may be an int tensor
+                    setattr(m, key, torch.tensor(value, device=m.threshold.device))
+            elif isinstance(m, snntorch.Alpha):  # needs α > β; its τ_α = log α / (log β − log α) + 1 is not dyadic
+                m.alpha.fill_(0.5)
+                m.beta.fill_(0.25)
+            elif isinstance(m, SpikingNeuron):
+                for key in ("beta", "alpha"):
+                    value = getattr(m, key, None)
+                    if isinstance(value, torch.Tensor):
+                        value.fill_(0.5)
+
+
+def _step(x: torch.Tensor) -> torch.Tensor:
+    """snnTorch's spike function forward: ``[u > 0]`` as a float tensor."""
+    return (x > 0).to(x.dtype)
+
+
+class SnnTorchFire(nn.Module):
+    """The spikes of a lowered snnTorch neuron from its membrane: ``H(mem − θ)·g`` (ternary: ``(H(mem − θ) − H(−mem − θ))·g``).
+
+    The only part of `LoweredSnnTorchNeuron` whose ONNX scope is a neuron's: its outputs
+    are what verify checks for spike purity; the membrane (returned too, or carried to
+    the next step) is state computed outside it.
+    """
+
+    def __init__(self, threshold: torch.Tensor, graded: torch.Tensor | None, ternary: bool) -> None:
+        super().__init__()
+        self.register_buffer("threshold", threshold)
+        self.register_buffer("graded", graded)
+        self.ternary = ternary
+
+    def forward(self, mem: torch.Tensor) -> torch.Tensor:
+        spk = _step(mem - self.threshold)
+        if self.ternary:
+            spk = spk - _step(-mem - self.threshold)
+        return spk if self.graded is None else spk * self.graded
+
+
+class SnnTorchTernaryFire(SnnTorchFire):
+    """`SnnTorchFire` of a `TernaryLeaky` (its own class: ONNX purity reads the spike kind from it)."""
+
+
+class LoweredSnnTorchNeuron(nn.Module):
+    """An snnTorch neuron's update as plain tensor ops, repeated in snnTorch's order.
+
+    Returns the neuron's state after each step: ``(mem,)``, ``(syn, mem)`` (Synaptic) or
+    ``(spk, mem)`` (RLeaky). Called with the whole sequence (``time_steps`` set: ``[T·N, …]``,
+    the time-flattened batch of a single-step model) it returns the state sequences from
+    zero state; called once per step (``time_steps=None``: the model's own time loop), it
+    takes the state arguments the neuron takes (or keeps the state itself, for
+    ``init_hidden``) and returns the next state. Its `fire` module makes the spikes from the
+    membrane; `SnnTorchAdapter.rewrite_lowered` calls it as a node of its own and gives the
+    deploy graph back the neuron's output structure (``spk``, ``(spk, mem)``, ``(spk, syn,
+    mem)``), so that in ONNX only the spikes carry the neuron's scope.
+
+    Per step (``r`` the reset from the previous membrane, ``θ`` the threshold, ``H(u) = [u > 0]``)::
+
+        r = H(mem − θ)                                   (ternary: H(mem − θ) − H(−mem − θ))
+        Leaky:     mem = clamp(β)·mem + x − r·θ                              ("subtract")
+        RLeaky:    mem = clamp(β)·mem + x + recurrent(spk) − r·θ
+        Synaptic:  syn = clamp(α)·syn + x;  mem = clamp(β)·mem + syn − r·θ
+        Lapicque:  mem = x·R·(1/(R·C))·Δt + (1 − Δt/(R·C))·mem − r·θ
+        spk = `SnnTorchFire`(mem)
+
+    ``"zero"`` and ``"none"`` resets follow snnTorch's ``_base_zero``/``_base_int``.
+    """
+
+    def __init__(self, m: nn.Module, time_steps: int | None) -> None:
+        super().__init__()
+        self.kind = {snntorch.Synaptic: "synaptic", snntorch.RLeaky: "rleaky",
+                     snntorch.Lapicque: "lapicque"}.get(type(m), "leaky")
+        self.ternary = isinstance(m, TernaryLeaky)
+        self.mechanism = m.reset_mechanism
+        self.time_steps = time_steps
+        self.returns_spikes_only = bool(m.init_hidden) and not m.output
+        # the item of the neuron's own output that each state item is: (spk, mem) / (spk, syn, mem)
+        self.output_items = {"synaptic": (1, 2), "rleaky": (None, 1)}.get(self.kind, (1,))
+        threshold = m.threshold.detach().clone()
+        self.register_buffer("threshold", threshold)
+        if self.kind != "lapicque":
+            self.register_buffer("beta", m.beta.detach().clamp(0, 1).clone())
+        if self.kind == "synaptic":
+            self.register_buffer("alpha", m.alpha.detach().clamp(0, 1).clone())
+        if self.kind == "rleaky":
+            self.recurrent = copy.deepcopy(m.recurrent)
+        if self.kind == "lapicque":
+            self.lapicque = tuple(v.detach().clone() if isinstance(v, torch.Tensor) else v
+                                  for v in (m.R, m.C, m.time_step))
+        g = m.graded_spikes_factor.detach()
+        graded = None if g.numel() == 1 and float(g) == 1.0 else g.clone()
+        self.fire = (SnnTorchTernaryFire if self.ternary else SnnTorchFire)(threshold.clone(), graded, self.ternary)
+        self._state: tuple[torch.Tensor, ...] | None = None
+        for key in ADAPTER.state(m):
+            # The deploy graph reads the neuron's reset state where forward passes init_leaky()'s
+            # empty tensors: the same names, empty here too (a state of another shape starts from zeros).
+            self.register_buffer(key, torch.zeros(0, device=threshold.device), persistent=False)
+
+    def reset(self) -> None:
+        """Forget the state a per-step call kept (``init_hidden`` style)."""
+        self._state = None
+
+    # --------------------------------------------------------------- one step
+    def _reset_signal(self, mem: torch.Tensor) -> torch.Tensor:
+        r = _step(mem - self.threshold)
+        return r - _step(-mem - self.threshold) if self.ternary else r
+
+    def _charge(self, x: torch.Tensor, mem: torch.Tensor, syn: torch.Tensor | None,
+                spk: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.kind == "synaptic":
+            syn = self.alpha * syn + x
+            return self.beta * mem + syn, syn
+        if self.kind == "lapicque":
+            r, c, dt = self.lapicque
+            return x * r * (1 / (r * c)) * dt + (1 - dt / (r * c)) * mem, None
+        if self.kind == "rleaky":
+            return self.beta * mem + x + self.recurrent(spk), None
+        return self.beta * mem + x, None
+
+    def step(self, x: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The state after one step: ``(mem,)``; ``(syn, mem)`` (Synaptic); ``(spk, mem)`` (RLeaky, spk of this step)."""
+        syn = prev_spk = None
+        if self.kind == "synaptic":
+            syn, mem = state
+        elif self.kind == "rleaky":
+            prev_spk, mem = state
+        else:
+            (mem,) = state
+        reset = self._reset_signal(mem)
+        if self.mechanism == "zero" and self.kind == "leaky":
+            mem = (1 - (reset.abs() if self.ternary else reset)) * mem
+        base, syn = self._charge(x, mem, syn, prev_spk)
+        if self.mechanism == "subtract":
+            mem = base - reset * self.threshold
+        elif self.mechanism == "zero" and self.kind == "synaptic":
+            mem = base - base * reset  # Synaptic._base_zero: mem −= (β·mem + syn)·r, syn −= 0·r
+        elif self.mechanism == "zero" and self.kind in ("rleaky", "lapicque"):
+            mem = base - reset * base
+        else:
+            mem = base
+        if self.kind == "synaptic":
+            return syn, mem
+        if self.kind == "rleaky":
+            return self.fire(mem), mem
+        return (mem,)
+
+    def _zeros(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        zero = torch.zeros_like(x)
+        return (zero, zero) if self.kind in ("synaptic", "rleaky") else (zero,)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.time_steps is None:  # one call per step, as the model's own loop calls the neuron
+            given = tuple(s for s in state if s is not None)
+            if given:  # snnTorch: a state of another shape (init_leaky()'s empty one) starts from zeros
+                current = tuple(s if s.shape == x.shape else torch.zeros_like(x) for s in given)
+            else:
+                current = self._state if self._state is not None else self._zeros(x)
+            self._state = self.step(x, current)
+            return self._state
+        xs = x.reshape(self.time_steps, -1, *x.shape[1:])
+        current = self._zeros(xs[0])
+        states = []
+        for t in range(self.time_steps):
+            current = self.step(xs[t], current)
+            states.append(current)
+        return tuple(torch.cat([s[i] for s in states], 0) for i in range(len(current)))
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, reset={self.mechanism}, time_steps={self.time_steps}"
+
+
+ADAPTER = register(SnnTorchAdapter())
