@@ -399,27 +399,37 @@ def check_generality(model: nn.Module, example_input: torch.Tensor, batch_dims: 
                      result: CaptureResult, after: dict[str, str] | None = None) -> dict[int, int]:
     """The input dims the captured graph is specialized to: ``{dim: size}`` (empty: general).
 
-    Captures again with each of ``batch_dims`` (e.g. T and N) one larger and compares
-    the graphs node by node; a graph that changed (a loop unrolled once more, a branch
-    taken differently, a baked size) depends on that dim's size.
+    Captures again with larger ``batch_dims`` (e.g. T and N) and compares the graphs node
+    by node; a graph that changed (a loop unrolled once more, a branch taken differently,
+    a baked size) depends on those sizes. First every dim at once, grown by different
+    amounts (1, 2, …, so dims of equal size in the example differ in the probe): an
+    unchanged graph clears them all in one capture, the common case. Otherwise each dim
+    is grown by one alone, to tell which.
     """
-    fixed: dict[int, int] = {}
+    dims = [d for d in batch_dims if d < example_input.dim()]
     reference = _signature(result.gm.graph)
-    for dim in batch_dims:
-        if dim >= example_input.dim():
-            continue
-        shape = list(example_input.shape)
-        shape[dim] += 1
-        grown = torch.cat([example_input, example_input.narrow(dim, 0, 1)], dim=dim)
-        assert list(grown.shape) == shape
-        try:
-            other = capture(model, grown, after=after)
-        except UnsupportedPatternError:
-            fixed[dim] = example_input.shape[dim]
-            continue
-        if _signature(other.gm.graph) != reference:
-            fixed[dim] = example_input.shape[dim]
-    return fixed
+    if len(dims) > 1 and _same_graph(model, _grown(example_input, {d: i + 1 for i, d in enumerate(dims)}),
+                                     reference, after):
+        return {}
+    return {d: example_input.shape[d] for d in dims
+            if not _same_graph(model, _grown(example_input, {d: 1}), reference, after)}
+
+
+def _grown(x: torch.Tensor, extra: dict[int, int]) -> torch.Tensor:
+    """``x`` with ``extra[d]`` more entries along each dim ``d`` (copies of its first entry there)."""
+    for dim, k in extra.items():
+        x = torch.cat([x, *[x.narrow(dim, 0, 1)] * k], dim=dim)
+    return x
+
+
+def _same_graph(model: nn.Module, x: torch.Tensor, reference: list[tuple[str, str, str]],
+                after: dict[str, str] | None) -> bool:
+    """Whether ``model`` captured on ``x`` gives the graph whose signature is ``reference``."""
+    try:
+        other = capture(model, x, after=after)
+    except UnsupportedPatternError:
+        return False
+    return _signature(other.gm.graph) == reference
 
 
 def _signature(graph: fx.Graph) -> list[tuple[str, str, str]]:
