@@ -262,7 +262,7 @@ def adapters() -> list[FrameworkAdapter]:
                 importlib.import_module(f"{__package__}.{name}")
             except ModuleNotFoundError as e:
                 # The framework is not installed (or this release has no adapter for it): not offered.
-                if e.name not in (name, f"{__package__}.{name}"):
+                if (e.name or "").split(".")[0] != name and e.name != f"{__package__}.{name}":
                     raise
     return list(_REGISTRY)
 

@@ -41,12 +41,11 @@ import operator
 from collections import OrderedDict
 from typing import Any
 
+import snntorch
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from snntorch._neurons.neurons import SpikingNeuron
-
-import snntorch
+from snntorch import SpikingNeuron
 
 from ..spiking import AMPLITUDE_ATTR, AmplitudeNeuron
 from .base import FrameworkAdapter, Refusal, register
