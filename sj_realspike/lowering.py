@@ -33,6 +33,7 @@ from .lowered import LoweredDiagonalSynapse, LoweredUnsharedConv2d
 from .neurons import is_neuron
 from .ops import scalar_factor
 from .report import META_KEY
+from .samples import check_per_sample
 from .state import copy_model
 from .synapses import DiagonalSynapse, UnsharedConv2d
 from .tracing import propagate_shapes
@@ -97,6 +98,8 @@ def lower_for_export(model: fx.GraphModule, example_input: torch.Tensor, *,
             "Apply the factor after the pooling or to the synapse's weights, or keep it non-negative")
     per_step = mode == "s" if per_step is None else per_step
     steps = int(example_input.shape[0])
+    if mode == "s" and per_step:
+        check_per_sample(gm, example_input, reset)
     propagate_shapes(gm, example_input[0] if per_step else example_input)
     modules = dict(gm.named_modules())
     replaced: dict[str, nn.Module] = {}

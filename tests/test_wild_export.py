@@ -117,3 +117,31 @@ def test_a_kept_neuron_whose_own_forward_cannot_be_exported_is_named(tmp_path):
                                                          r"own forward cannot be exported to ONNX \(GuardOnData"):
         _export("masked_psn", tmp_path)
     assert not list(tmp_path.iterdir())  # no partial file
+
+
+class _BatchMixing(torch.nn.Module):
+    """Single-step net whose forward subtracts the batch mean: exact on [N, ...], wrong on [T*N, ...]."""
+
+    def __init__(self):
+        super().__init__()
+        from spikingjelly.activation_based import neuron
+        self.conv = torch.nn.Conv2d(2, 4, 3, padding=1)
+        self.sn = neuron.LIFNode(tau=2.0)
+        self.fc = torch.nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        s = self.sn(self.conv(x))
+        s = s - s.mean(0, keepdim=True)
+        return self.fc(s.flatten(1))
+
+
+def test_a_single_step_graph_that_mixes_samples_is_refused_at_export(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randint(0, 9, (2, 3, 2, 8, 8)).float() / 4
+    model = rs.convert_model(_BatchMixing(), x[0])
+    deploy = rs.fold(model)
+    with pytest.raises(rs.UnsupportedPatternError,
+                       match=r"node '(mean|sub)': the single-step graph does not compute each sample of the batch "
+                             r"on its own .* Switch the network to multi-step mode"):
+        rs.export_onnx(deploy, tmp_path / "m.onnx", x)
+    assert not list(tmp_path.iterdir())
