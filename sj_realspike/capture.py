@@ -41,11 +41,12 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.fx._symbolic_trace as _fx_trace
+import torch.utils._pytree as pytree
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from .amplitude import Amplitude
 from .errors import UnsupportedPatternError
-from .frameworks import is_container, is_leaf, is_spiking_module, set_state, spike_index, state_of
+from .frameworks import adapters, is_container, is_leaf, is_spiking_module, set_state, spike_index, state_of
 from .frameworks import reset as reset_state
 from .synapses import DiagonalSynapse, UnsharedConv2d
 
@@ -119,6 +120,11 @@ class ConcreteProxy(fx.Proxy):
     def __float__(self) -> float:
         return self._force(float(self.concrete))
 
+    def __setitem__(self, key: Any, value: Any) -> None:
+        # ``out[t] = v`` (Norse's ConvNet fills its voltages step by step): a node of its own, and
+        # the example's tensor is written too, so later reads see the value.
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
 
 class ConcreteAttribute(fx.proxy.Attribute, ConcreteProxy):
     """``proxy.attr``: a method to call, or (lazily) a ``getattr`` node with its value."""
@@ -171,10 +177,17 @@ class ConcreteTracer(fx.Tracer):
             p.node.meta["tensor_meta"] = _extract_tensor_metadata(value)
         elif isinstance(value, (tuple, list)) and value and all(isinstance(v, torch.Tensor) for v in value):
             p.node.meta["tensor_meta"] = tuple(_extract_tensor_metadata(v) for v in value)
+        elif isinstance(value, tuple) and value and _tensors_only(value):
+            # Nested items, e.g. Norse's (z, LIFFeedForwardState(v, i)): metadata in the same structure.
+            p.node.meta["tensor_meta"] = tuple(pytree.tree_map(_extract_tensor_metadata, v) for v in value)
         return p
 
     def _evaluate(self, node: fx.Node, kind: str, target: Any, args: tuple, kwargs: dict) -> Any:
         if kind == "placeholder":
+            if target not in self.inputs and args:
+                # An argument left at its default (Norse's ``state=None``): fx records a placeholder
+                # for it whose one arg is the default, which is what forward() sees.
+                return args[0]
             if target not in self.inputs:
                 raise UnsupportedPatternError(
                     target, "forward() has an argument the example input does not give",
@@ -282,6 +295,34 @@ class ConcreteTracer(fx.Tracer):
         return None
 
 
+# Tensor factories that take sizes: ``torch.zeros(T, N, 10)`` with ``T, N`` from ``x.shape``. Sizes are
+# not tensors, so torch's argument parser rejects proxies there instead of dispatching to them.
+_FACTORIES = ("zeros", "ones", "empty", "full", "rand", "randn")
+
+
+@contextlib.contextmanager
+def _traced_factories(tracer: ConcreteTracer) -> Iterator[None]:
+    """While tracing, a factory call with a proxy among its arguments becomes a graph node."""
+    originals = {name: getattr(torch, name) for name in _FACTORIES}
+
+    def traced(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def factory(*args: Any, **kwargs: Any) -> Any:
+            found: list[fx.Proxy] = []
+            fx.node.map_aggregate((args, kwargs), lambda v: found.append(v) if isinstance(v, fx.Proxy) else v)
+            if found:
+                return tracer.create_proxy("call_function", fn, args, kwargs)
+            return fn(*args, **kwargs)
+        return factory
+
+    for name, fn in originals.items():
+        setattr(torch, name, traced(fn))
+    try:
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(torch, name, fn)
+
+
 @contextlib.contextmanager
 def _unpatched_modules() -> Iterator[None]:
     """Plain ``nn.Module`` calls while tracing: fx patches ``__call__``/``__getattr__`` to record them."""
@@ -295,6 +336,12 @@ def _unpatched_modules() -> Iterator[None]:
 
 _SHAPE_ATTRS = {"shape", "ndim", "dtype", "device", "is_cuda", "layout", "requires_grad", "is_sparse"}
 _SHAPE_METHODS = {"size", "dim", "numel", "nelement", "ndimension", "is_floating_point", "is_contiguous", "get_device"}
+
+
+def _tensors_only(value: Any) -> bool:
+    """Whether every leaf of ``value`` (tuples, lists, named tuples, dicts) is a tensor."""
+    leaves = pytree.tree_leaves(value)
+    return bool(leaves) and all(isinstance(v, torch.Tensor) for v in leaves)
 
 
 def _is_shape_query(kind: str, target: Any, args: tuple) -> bool:
@@ -362,7 +409,7 @@ def capture(model: nn.Module, example_input: Any, *, leaf: Callable[[nn.Module],
     model.eval()
     reset_state(model)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _traced_factories(tracer):
             graph = tracer.trace(model, concrete_args=concrete_args or None)
     except UnsupportedPatternError:
         raise
@@ -379,6 +426,8 @@ def capture(model: nn.Module, example_input: Any, *, leaf: Callable[[nn.Module],
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     for node in gm.graph.nodes:
         node.meta.pop(CONCRETE, None)
+    for adapter in adapters():  # neurons that take their state as an argument read the one given
+        adapter.thread_state(gm)
     gm.meta[OPAQUE_KEY] = dict(tracer.opaque)
     return CaptureResult(gm, tracer.forced, tracer.opaque, tracer.state_reads, tracer.calls, tracer.samples,
                          tracer.value_forced)
@@ -388,7 +437,7 @@ def _drop_dead_queries(graph: fx.Graph) -> None:
     """Remove unused nodes that compute no tensor (shape reads, comparisons for Python branches),
     and unused items of a leaf's tuple output (a neuron's membrane nobody reads)."""
     for node in reversed(list(graph.nodes)):
-        if node.op in ("call_function", "call_method") and not node.users and (
+        if node.op in ("call_function", "call_method") and not node.users and node.target is not operator.setitem and (
                 not isinstance(node.meta.get(CONCRETE), torch.Tensor) or (
                 node.target is operator.getitem and isinstance(node.args[0], fx.Node)
                 and node.args[0].op == "call_module")):

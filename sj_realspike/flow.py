@@ -162,10 +162,11 @@ class _Walker:
             OpKind.MATMUL: self._matmul,
             OpKind.HADAMARD: self._hadamard,
             OpKind.CAT: self._cat,
+            OpKind.STACK: self._stack,
         }.get(kind)
         only_first_input = len(carried) == 1 and node.args[:1] == (carried[0],) and carried[0] not in (
             *node.args[1:], *node.kwargs.values())
-        if handler is None or (kind not in (OpKind.ADD, OpKind.MATMUL, OpKind.HADAMARD, OpKind.CAT)
+        if handler is None or (kind not in (OpKind.ADD, OpKind.MATMUL, OpKind.HADAMARD, OpKind.CAT, OpKind.STACK)
                                and not only_first_input):
             self._block(node, carried, self._unsupported_reason(node, kind),
                         "Scaled spikes may only pass reshapes, pooling, dropout, scalar factors and "
@@ -505,6 +506,44 @@ class _Walker:
         else:
             new = node
         self.exprs[node] = (Term(new, out_shape, compact(scale), b, tuple(s for t in sides for s in t.sources)),)
+
+    def _stack(self, node: fx.Node) -> None:
+        """``stack([α ⊙ A₀, α ⊙ A₁, …], d)`` = ``α ⊙ stack(A₀, A₁, …)``: the same amplitude on every part.
+
+        Stacking along a batch/time position (the per-step outputs of a time loop, Norse's
+        ``Lift``) adds a batch dim; along a feature position the scale is broadcast over the
+        new dim. Parts must carry the same amplitudes with equal scales (an unscaled part,
+        or another neuron's spikes, would need a scale that differs along the new dim).
+        """
+        parts = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        carried = [a for a in parts if isinstance(a, fx.Node) and a in self.exprs]
+        sides = [self.exprs.get(arg, (Term(arg, self._shape(arg), None, 0),)) for arg in parts]
+        first = sides[0][0]
+        if any(t.deferred for terms in sides for t in terms):
+            self._block(node, carried, f"{describe(node, self.modules)} stacks pooled element-wise amplitudes, which "
+                        "only a Linear layer right after the pooling can absorb", "Use channel granularity for this neuron")
+        if any(len(terms) != 1 or terms[0].scale is None for terms in sides) or any(
+                t.batch_dims != first.batch_dims or frozenset(s.target for s in t.sources)
+                != frozenset(s.target for s in first.sources) or t.scale.shape != first.scale.shape
+                or not torch.equal(t.scale, first.scale) for (t,) in sides):
+            self._block(node, carried, f"{describe(node, self.modules)} stacks spike tensors that do not all carry "
+                        "the same amplitude", "Stack the spikes of one neuron only")
+        out_shape = self._shape(node)
+        b, d = first.batch_dims, dim % len(out_shape)
+        if d <= b - 1 or b == 0:
+            scale, batch_dims = first.scale, b + 1
+        else:  # a new feature dim: the scale is the same along it
+            scale, batch_dims = full_rank(first.scale, len(first.shape) - b).unsqueeze(d - b), b
+        if self.rewrite:
+            with self.graph.inserting_before(node):
+                new = self.graph.create_node(node.op, node.target, ([t.node for (t,) in sides], *node.args[1:]),
+                                             dict(node.kwargs))
+            new.meta = dict(node.meta)
+        else:
+            new = node
+        self.exprs[node] = (Term(new, out_shape, compact(scale), batch_dims,
+                                 tuple(dict.fromkeys(s for (t,) in sides for s in t.sources))),)
 
     def _shape_query(self, node: fx.Node) -> None:
         if not self.rewrite:

@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from .errors import UnsupportedPatternError
 from .fold import constant_factors_on_spikes
-from .frameworks import adapters, neuron_adapter, reset
+from .frameworks import adapters, neuron_adapter, reset, step_output
 from .frameworks import step_mode as neuron_step_mode
 from .lowered import LoweredDiagonalSynapse, LoweredUnsharedConv2d
 from .neurons import is_neuron
@@ -151,17 +151,29 @@ def lower_for_export(model: fx.GraphModule, example_input: torch.Tensor, *,
 
 
 def _flatten_time(gm: fx.GraphModule, steps: int) -> None:
-    """Feed ``[T, N, …]`` as ``[T·N, …]`` to a single-step graph; unflatten its outputs."""
+    """Feed ``[T, N, …]`` as ``[T·N, …]`` to a single-step graph; unflatten its outputs.
+
+    Further arguments with defaults keep them (a Norse model's ``state=None``: a fresh
+    state; the lowered neurons run the recurrence over ``T`` themselves); the output is the
+    step's output without the state it returns (`step_output`).
+    """
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
+    if not placeholders or any(not p.args for p in placeholders[1:]):
         raise UnsupportedPatternError(
             gm.__class__.__name__, f"the model takes {len(placeholders)} inputs",
             "Export models with a single input tensor")
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    out.args = (step_output(gm, out.args[0]),)
+    for p in placeholders[1:]:
+        for user in list(p.users):
+            user.args = fx.node.map_arg(user.args, lambda n, p=p: p.args[0] if n is p else n)
+            user.kwargs = fx.node.map_arg(user.kwargs, lambda n, p=p: p.args[0] if n is p else n)
+        gm.graph.erase_node(p)
+    gm.graph.eliminate_dead_code()
     x = placeholders[0]
     with gm.graph.inserting_after(x):
         flat = gm.graph.call_function(torch.flatten, (x, 0, 1))
     x.replace_all_uses_with(flat, delete_user_cb=lambda user: user is not flat)
-    out = next(n for n in gm.graph.nodes if n.op == "output")
     with gm.graph.inserting_before(out):
         new_args = fx.node.map_arg(out.args, lambda n: gm.graph.call_function(torch.unflatten, (n, 0, (steps, -1))))
     out.args = new_args

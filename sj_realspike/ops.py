@@ -37,6 +37,7 @@ class OpKind(enum.Enum):
     MATMUL = "matmul"  # product of two tensors (attention), bilinear
     HADAMARD = "hadamard"  # element-wise product of two tensors (SEW AND, QKFormer's attn * k)
     CAT = "cat"  # concatenation of tensors along a dim
+    STACK = "stack"  # tensors stacked along a new dim (per-step outputs joined over time: Norse's Lift)
     SHAPE = "shape"  # reads a shape, not values
     OUTPUT = "output"
     OTHER = "other"
@@ -117,6 +118,7 @@ _CALLS: tuple[tuple[OpKind, frozenset, frozenset, Callable[[fx.Node], bool] | No
         (OpKind.SPLIT, _SPLIT_FUNCS, _SPLIT_METHODS, None),
         (OpKind.GETITEM, (operator.getitem,), (), None),
         (OpKind.CAT, (torch.cat, torch.concat, torch.concatenate), (), None),
+        (OpKind.STACK, (torch.stack,), (), None),
         (OpKind.MATMUL, _MATMUL_FUNCS, ("matmul",), None),
     ))
 

@@ -21,7 +21,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .fold import capture_converted, example_for
-from .frameworks import adapter_for, reset, spikes_of
+from .frameworks import adapter_for, reset, run_steps, spikes_of
 from .layout import stack_steps
 from .neurons import is_neuron
 from .ops import OpKind, classify
@@ -136,7 +136,7 @@ def run(model: nn.Module, x: torch.Tensor, steps: bool = False) -> torch.Tensor:
     """
     reset(model)
     with torch.no_grad():
-        y = stack_steps([model(xt) for xt in x]) if steps else model(x)
+        y = stack_steps(run_steps(model, x)) if steps else model(x)
     reset(model)
     return y
 

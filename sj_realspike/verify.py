@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from .export import METADATA_PREFIX, as_deploy_model, model_fingerprint, spike_kinds
 from .layout import input_layout_of, stack_steps
-from .frameworks import reset, spikes_of
+from .frameworks import reset, run_steps, spikes_of
 from .lowering import step_mode_of
 from .neurons import is_neuron
 from .purity import SpikeTensor, Violation, spike_tensors, static_violations
@@ -449,7 +449,7 @@ def _run(model: nn.Module, x: torch.Tensor, steps: bool,
     xd = x.to(device=device, dtype=weight.dtype if weight is not None else torch.float32)
     try:
         reset(model)
-        y = stack_steps([model(xt) for xt in xd]) if steps else model(xd)
+        y = stack_steps(run_steps(model, xd)) if steps else model(xd)
     finally:
         reset(model)
         for h in hooks:

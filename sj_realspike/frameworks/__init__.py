@@ -42,11 +42,13 @@ __all__ = [
     "neuron_types",
     "register",
     "reset",
+    "run_steps",
     "set_state",
     "spike_index",
     "spikes_of",
     "state_of",
     "step_mode",
+    "step_output",
     "synapse_types",
     "ternary_types",
 ]
@@ -149,3 +151,26 @@ def identity_types() -> tuple[type, ...]:
 def synapse_types() -> tuple[type, ...]:
     """Every framework's own synaptic modules other than conv/linear (filters integrating spikes)."""
     return tuple(t for a in adapters() for t in a.synapse_types())
+
+
+def run_steps(model: nn.Module, xs: Any) -> list[Any]:
+    """The outputs of single-step ``model`` fed ``xs`` one step at a time, state carried as its framework does."""
+    adapter = _model_adapter(model)
+    carry, outs = None, []
+    for x in xs:
+        out, carry = adapter.step_call(model, x, carry)
+        outs.append(out)
+    return outs
+
+
+def step_output(model: nn.Module, out: Any) -> Any:
+    """The output in what one call of single-step ``model`` returned (`FrameworkAdapter.step_output`)."""
+    return _model_adapter(model).step_output(model, out)
+
+
+def _model_adapter(model: nn.Module) -> FrameworkAdapter:
+    """The adapter of ``model``'s neurons, or of its framework modules (a lowered graph's), else the neutral one."""
+    adapter = framework_of(model)
+    if adapter is None:
+        adapter = next((a for m in model.modules() if (a := adapter_for(m)) is not None), None)
+    return adapter or FrameworkAdapter()

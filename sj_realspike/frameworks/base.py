@@ -130,6 +130,31 @@ class FrameworkAdapter:
         """``'m'``: one call takes the whole sequence; ``'s'``: one call is one time step."""
         return "s"
 
+    # ------------------------------------------------------------- model calls
+    def thread_state(self, gm: Any) -> None:
+        """Make the neurons of a captured graph (``fx.GraphModule``) read the state its call is given; in place.
+
+        For frameworks whose models take their state back as an argument (Norse:
+        ``out, state = model(x, state)``, ``None`` for a fresh one). Capture runs the model
+        with that argument at its default, so without this every neuron call in the graph
+        would start from a fresh state, whatever the caller passes.
+        """
+
+    def step_call(self, model: nn.Module, x: torch.Tensor, carry: Any) -> tuple[Any, Any]:
+        """One time step of a single-step model: ``(its output, what the next step needs)``.
+
+        ``carry`` is what the previous step returned (``None`` at the first). Default:
+        ``model(x)``, whose neurons keep their own state.
+        """
+        return model(x), None
+
+    def step_output(self, model: nn.Module, out: Any) -> Any:
+        """The output in what one call of a single-step model returned (its state left out).
+
+        ``out`` is real values or the arguments of a graph's output node.
+        """
+        return out
+
     # ----------------------------------------------------------------- amplitude
     def amplitude_mixin(self, m: nn.Module) -> type:
         """The mixin placed before ``m``'s class to make ``RealSpike<Cls>`` (see `sj_realspike.spiking`)."""
