@@ -40,7 +40,8 @@ EXAMPLES = {
       --kwargs '{"spiking_neuron": "spikingjelly.activation_based.neuron.LIFNode", "cnf": "ADD", "num_classes": 10}' \\
       --example-shape 4,8,3,32,32 --recipe sew_resnet -o converted.bundle""",
     "fold": "example:\n  sj-realspike fold converted.bundle -o deploy.bundle",
-    "export": "example:\n  sj-realspike export deploy.bundle -o model.onnx",
+    "export": "examples:\n  sj-realspike export deploy.bundle -o model.onnx\n"
+              "  sj-realspike export deploy.bundle -o stream.onnx --stream",
     "verify": "example:\n  sj-realspike verify converted.bundle model.onnx --input x.npy",
     "run": "example:\n  sj-realspike run model.onnx --input x.npy -o y.npy",
     "inspect": "examples:\n  sj-realspike inspect converted.bundle\n  sj-realspike inspect model.onnx\n"
@@ -127,7 +128,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="ONNX opset version, within the range the installed torch.onnx exporter supports "
                         "(default: the exporter's)")
     e.add_argument("--time-steps", type=positive_int, metavar="T",
-                   help="sequence length to export (single-step models only)")
+                   help="sequence length to export (single-step models only; not with --stream)")
+    e.add_argument("--stream", action="store_true",
+                   help="export the graph of one time step, each neuron's membrane an input (state_in.NEURON) and "
+                        "an output (state_out.NEURON): any T, one step per call ('run' steps it)")
 
     v = command("verify", "Compare trained model, deploy model and ONNX on one input; check spike purity in the "
                           "ONNX graph and that the file was exported from this model.\nExit status 0 only on PASS "
@@ -143,9 +147,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="largest accepted output error relative to the trained output's max |value| "
                         "(default: 1e-05, verify's DEFAULT_RTOL)")
 
-    r = command("run", "Run an ONNX model from export on an input array with onnxruntime.")
+    r = command("run", "Run an ONNX model from export on an input sequence [T, N, ...] with onnxruntime (a stream "
+                       "graph is run step by step).")
     r.add_argument("onnx")
-    r.add_argument("--input", required=True, metavar="X.NPY")
+    r.add_argument("--input", required=True, metavar="X.NPY",
+                   help="float32 input sequence [T, N, ...] (both kinds of graph; a stream graph takes any T)")
     r.add_argument("-o", "--output", metavar="Y.NPY")
     r.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads (default: physical cores)")
 
@@ -326,15 +332,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     model = load_bundle(args.bundle, trust=args.trust)
     record = record_of(model)
     shape = list(record["example_shape"])
+    if args.stream and args.time_steps:
+        raise CliError("--time-steps does not apply to --stream: the stream graph runs one step per call, any T")
     if record["source"]["step_mode"] == "s" and not record.get("sequence_per_call"):
-        if not args.time_steps:
-            raise CliError("this is a single-step model: pass --time-steps T (the exported graph runs T steps)")
-        shape = [args.time_steps, *shape]
+        if not args.time_steps and not args.stream:
+            raise CliError("this is a single-step model: pass --time-steps T (the exported graph runs T steps), "
+                           "or --stream for the graph of one step")
+        shape = [args.time_steps or 2, *shape]  # a stream graph runs any T; the example needs one
     elif args.time_steps:
         raise CliError("--time-steps is only for single-step models; T comes from the bundle's example shape")
-    logger.info("exporting %s to %s (T=%d): torch.onnx.export takes a few seconds for a small net, "
-                "minutes for a ResNet", args.bundle, args.output, shape[0])
-    export_onnx(model, args.output, torch.rand(shape), opset=args.opset)
+    what = "one step" if args.stream else f"T={shape[0]}"
+    logger.info("exporting %s to %s (%s): torch.onnx.export takes a few seconds for a small net, "
+                "a minute for a ResNet", args.bundle, args.output, what)
+    export_onnx(model, args.output, torch.rand(shape), opset=args.opset, stream=args.stream)
     print(f"wrote {args.output}")
     return 0
 

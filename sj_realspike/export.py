@@ -1,8 +1,9 @@
-"""`export_onnx`: a deploy model as a pure binary/ternary ONNX graph (standard ops, T unrolled)."""
+"""`export_onnx`: a deploy model as a pure binary/ternary ONNX graph (standard ops; T unrolled, or one step)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -19,18 +20,20 @@ from .atomic import atomic_write
 from .blame import blame_export_failure
 from .errors import RealSpikeError
 from .fold import NotConvertedWarning, fold
-from .layout import InputLayout, input_layout_of
+from .layout import input_layout_of
 from .lowering import lower_for_export, step_mode_of
 from .neurons import is_neuron, is_ternary
 from .report import record_of
 from .state import copy_model
+from .stream import STATE_IN, STATE_OUT, lower_for_stream
 
-__all__ = ["METADATA_PREFIX", "ExportError", "as_deploy_model", "check_opset", "export_onnx", "model_fingerprint",
-           "spike_kinds"]
+__all__ = ["ANY_T", "METADATA_PREFIX", "ExportError", "as_deploy_model", "check_opset", "export_onnx",
+           "model_fingerprint", "spike_kinds"]
 
 logger = logging.getLogger(__name__)
 
 METADATA_PREFIX = "sj_realspike."
+ANY_T = "any"  # the time_steps a stream graph records: it runs one step per call, any number of them
 
 
 class ExportError(RealSpikeError, RuntimeError):
@@ -123,20 +126,33 @@ def check_opset(opset: int) -> None:
 
 
 def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_input: torch.Tensor, *,
-                opset: int | None = None, dynamic_batch: bool = True) -> Path:
-    """Export a deploy model to ONNX: binary/ternary spikes, standard ops, ``T`` unrolled.
+                opset: int | None = None, dynamic_batch: bool = True, stream: bool = False) -> Path:
+    """Export a deploy model to ONNX: binary/ternary spikes, standard ops; ``T`` unrolled, or one step.
 
-    The graph takes the whole input sequence ``[T, N, …]`` (float32), with ``T``
-    static and ``N`` dynamic, and returns the model's output for it. Neurons and
-    fold-made synapses are first lowered to compact op sequences
-    (`sj_realspike.lowering`), then exported with ``torch.onnx.export(dynamo=True)``.
-    The result must pass ``onnx.checker.check_model(full_check=True)`` and strict
-    shape inference and use the default ONNX domain only; it is then written
-    atomically (an existing file survives any failure). ``metadata_props`` record
-    ``sj_realspike.spike`` (binary/ternary/binary+ternary), ``.time_steps``,
-    ``.input_layout``, ``.step_mode``, ``.version`` and ``.fingerprint`` (the deploy
-    model's `model_fingerprint`, which `verify` recomputes to tell a file exported from
-    another model).
+    Unrolled (default): the graph takes the whole input sequence ``[T, N, …]``
+    (float32), with ``T`` static and ``N`` dynamic, and returns the model's output for it.
+
+    ``stream=True``: the graph computes one time step (`sj_realspike.stream`). It takes
+    ``x`` (one step ``[N, …]``) and ``state_in.<neuron>`` (each neuron's membrane, the
+    neuron's module path), and returns the step's output (``y``, or ``y.0``, ``y.1``…
+    for several) and ``state_out.<neuron>``, the membranes to feed to the next step. Its
+    size and export time do not depend on ``T``. `OnnxRunner` keeps the state
+    (``step``, ``reset``) and runs whole sequences as the unrolled graph does, bit for
+    bit. Models without a per-step graph are refused (see `sj_realspike.stream`).
+
+    Neurons and fold-made synapses are first lowered to compact op sequences
+    (`sj_realspike.lowering`), then exported with ``torch.onnx.export(dynamo=True)``
+    and compacted (constant folding, common subexpressions, reshape chains: what of
+    onnxscript's optimizer pays, see bench/export_time.py). The result must pass
+    ``onnx.checker.check_model(full_check=True)`` and strict shape inference and use the
+    default ONNX domain only; it is then written atomically (an existing file survives
+    any failure). ``metadata_props`` record ``sj_realspike.spike``
+    (binary/ternary/binary+ternary), ``.time_steps`` (``"any"`` for a stream graph),
+    ``.input_layout`` (of the sequence), ``.step_mode``, ``.mode`` (``unrolled`` or
+    ``stream``), ``.version`` and ``.fingerprint`` (the deploy model's
+    `model_fingerprint`, which `verify` recomputes to tell a file exported from another
+    model); stream graphs also ``.stream_states`` (JSON: each state's initial value) and
+    ``.stream_outputs`` (per output: ``stack`` along a new time dim, or ``cat`` along dim 0).
 
     A model that is not a deploy model (a converted model with amplitudes, or a plain
     SpikingJelly network) is folded first, with a log line saying so: folding is exact
@@ -150,9 +166,10 @@ def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_i
     Args:
         deploy_model: the deploy model from `fold` (or a model to fold, see above).
         path: destination ``.onnx`` file.
-        example_input: an input sequence ``[T, N, …]``; fixes ``T`` and the feature shape.
+        example_input: an input sequence ``[T, N, …]``; fixes ``T`` (unrolled) and the feature shape.
         opset: ONNX opset version (default: the exporter's; `check_opset` gives the range).
         dynamic_batch: export ``N`` as a dynamic dimension (otherwise fixed to the example's).
+        stream: export the graph of one time step, with the membranes as inputs and outputs.
 
     Returns:
         The written path.
@@ -161,7 +178,8 @@ def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_i
         TypeError: ``example_input`` is not a tensor.
         ValueError: ``example_input`` is not a float tensor ``[T, N, …]`` the model accepts, or
             ``opset`` is out of the exporter's range.
-        UnsupportedPatternError: the model cannot be folded or lowered (names the node).
+        UnsupportedPatternError: the model cannot be folded or lowered (names the node), or
+            (``stream``) it has no per-step graph.
         ExportError: the exporter or the ONNX checker failed.
     """
     if opset is not None:
@@ -172,23 +190,32 @@ def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_i
     model = as_deploy_model(deploy_model, x[0] if layout.per_step else x)
     layout = input_layout_of(model, x)  # fold may have found dims the graph is specialized to
     layout.check(x, None)
-    fingerprint = model_fingerprint(model, layout.time_steps(x), layout.name)  # before lowering renames weights
-    lowered = lower_for_export(model, x, per_step=layout.per_step)
+    time_steps = ANY_T if stream else layout.time_steps(x)
+    fingerprint = model_fingerprint(model, time_steps, layout.name)  # before lowering renames weights
     if dynamic_batch and layout.batch_dim in layout.fixed:
         logger.warning("the deploy graph is specialized to batch size %d (its forward depends on it): exporting "
                        "a fixed batch", x.shape[layout.batch_dim])
         dynamic_batch = False
-    proto = _export(lowered, x, opset, dynamic_batch, layout)
+    metadata = {"spike": spike_kinds(model), "time_steps": time_steps, "input_layout": layout.name,
+                "step_mode": step_mode_of(model), "mode": "stream" if stream else "unrolled"}
+    if stream:
+        graph = lower_for_stream(model, x, layout)
+        batch = layout.batch_dim - 1
+        inputs = [(graph.step_input, "x", batch)] + [(s.example, STATE_IN + s.name, s.batch_dim) for s in graph.states]
+        outputs = ["y"] if len(graph.joins) == 1 else [f"y.{i}" for i in range(len(graph.joins))]
+        proto = _export(graph.module, inputs, outputs + [STATE_OUT + s.name for s in graph.states], opset,
+                        dynamic_batch)
+        metadata["stream_states"] = json.dumps({s.name: s.initial for s in graph.states})
+        metadata["stream_outputs"] = ",".join(graph.joins)
+    else:
+        lowered = lower_for_export(model, x, per_step=layout.per_step)
+        trace_x, b = x, layout.batch_dim
+        if dynamic_batch and x.shape[b] == 1:  # batch 1 would be specialized
+            trace_x = torch.cat([x, x], dim=b)
+        proto = _export(lowered, [(trace_x, "x", b)], None, opset, dynamic_batch)
     from . import __version__  # at call time: the package sets it after importing this module
 
-    metadata = {
-        "spike": spike_kinds(model),
-        "time_steps": layout.time_steps(x),
-        "input_layout": layout.name,
-        "step_mode": step_mode_of(model),
-        "version": __version__,
-        "fingerprint": fingerprint,
-    }
+    metadata |= {"version": __version__, "fingerprint": fingerprint}
     for key, value in metadata.items():
         proto.metadata_props.add(key=METADATA_PREFIX + key, value=value)
     _check(proto)
@@ -206,31 +233,62 @@ def _check_example(example_input: torch.Tensor) -> torch.Tensor:
     return example_input.detach().to(torch.float32)
 
 
-def _export(lowered: fx.GraphModule, x: torch.Tensor, opset: int | None, dynamic_batch: bool,
-            layout: InputLayout) -> onnx.ModelProto:
-    trace_x, b = x, layout.batch_dim
-    if dynamic_batch and x.shape[b] == 1:  # batch 1 would be specialized
-        trace_x = torch.cat([x, x], dim=b)
-    dynamic_shapes = ({b: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+def _export(lowered: fx.GraphModule, inputs: list[tuple[torch.Tensor, str, int]], output_names: list[str] | None,
+            opset: int | None, dynamic_batch: bool) -> onnx.ModelProto:
+    """``torch.onnx.export(dynamo=True)`` of ``lowered`` on ``inputs`` (tensor, name, batch dim), compacted."""
+    args = tuple(t for t, _, _ in inputs)
+    batch = torch.export.Dim("batch", min=1)
+    dynamic_shapes = tuple({b: batch} for _, _, b in inputs) if dynamic_batch else None
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                lowered, (trace_x,), dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
-                input_names=["x"], verbose=False, optimize=True)
+                lowered, args, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
+                input_names=[name for _, name, _ in inputs], output_names=output_names, verbose=False,
+                optimize=False)
     except Exception as e:  # the exporter raises many types; report the root cause's first line
         root = e
         while root.__cause__ is not None:
             root = root.__cause__
         first = re.sub(r"\x1b\[[0-9;]*m", "", str(root)).strip().split("\n")[0]
-        if (blamed := blame_export_failure(lowered, trace_x, functional.reset_net)) is not None:
+        blamed = blame_export_failure(lowered, args[0], functional.reset_net) if len(args) == 1 else None
+        if blamed is not None:
             raise blamed from e
         raise ExportError(f"torch.onnx.export failed on the lowered deploy model ({type(root).__name__}: {first})") from e
     finally:
         functional.reset_net(lowered)
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
+    _compact(program.model)
     return program.model_proto
+
+
+def _compact(model: object) -> None:
+    """What pays of onnxscript's optimizer (``optimize=True``), in place on the exporter's ``onnx_ir`` model.
+
+    Constant folding, common subexpressions, constants lifted to initializers, and the
+    rewrite rules that merge reshape/cast chains and drop no-op ``· 1`` / ``/ 1``. Not the
+    optimizer's full rule set: it took 4× as long for the same graph, node for node, and the
+    same onnxruntime time (bench/export_time.py), and its BatchNorm-into-Conv fusion would
+    round the weights again after fold.
+    """
+    import onnx_ir.passes.common as common
+    from onnxscript import optimizer, rewriter
+    from onnxscript.rewriter.rules import common as rules
+
+    optimizer.fold_constants_ir(model)
+    common.RemoveUnusedNodesPass()(model)
+    common.CommonSubexpressionEliminationPass()(model)
+    rewriter.rewrite(model, pattern_rewrite_rules=[
+        rules.reshape_reshape_rule, rules.materialize_reshape_shape_rule, rules.unsqueeze_unsqueeze_rule,
+        rules.squeeze_reshape_1d_rule, rules.cast_cast_rule, rules.no_op_cast_rule, rules.no_op_expand_rule,
+        rules.no_op_transpose_rule, rules.transpose_transpose_rule, rules.slice_split_rule,
+        rules.collapse_slice_rule, rules.collapse_slice2_rule, rules.one_reshape_matmul_reshape_rule,
+        rules.two_reshapes_matmul_reshape_rule, rules.mul_by_1_rule, rules.div_by_1_rule])
+    for compact in (common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+                    common.DeduplicateInitializersPass(), common.CommonSubexpressionEliminationPass(),
+                    common.RemoveUnusedNodesPass(), common.OutputFixPass(), common.NameFixPass()):
+        compact(model)
 
 
 def _check(proto: onnx.ModelProto) -> None:

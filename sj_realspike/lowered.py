@@ -64,7 +64,7 @@ class LoweredNeuron(nn.Module):
                h = v − (v − v_r) / τ + x            (otherwise)
         PLIF:  as LIF with ``/ τ`` replaced by ``· sigmoid(w)``
 
-    The membrane starts at ``v_r`` (hard reset) or 0 (soft reset) on every call.
+    The membrane starts at ``v_r`` (hard reset) or 0 (soft reset) on every call: `rest`.
 
     Args:
         v_threshold: firing threshold ``θ``.
@@ -98,7 +98,18 @@ class LoweredNeuron(nn.Module):
         if charge == "plif":
             self.register_buffer("q", torch.as_tensor(decay).detach().clone().reshape(()))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor,
+                v: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The spike train for the whole sequence ``x``; with a membrane ``v``, one step: ``(spikes, next v)``.
+
+        In the one-step form (`sj_realspike.stream`) ``x`` is one step's input, shaped like
+        ``v``, or ``[1, …]`` with one more dim (a multi-step model run on one step): the
+        spikes keep the shape of ``x``.
+        """
+        if v is not None:
+            time_first = x.dim() == v.dim() + 1
+            s, v = self.step(x.squeeze(0) if time_first else x, v)
+            return (s.unsqueeze(0) if time_first else s), v
         steps = self.time_steps if self.time_steps is not None else x.shape[0]
         xs = x.reshape(steps, -1).split(1, 0)
         return self.fire_all(xs).reshape(x.shape)

@@ -52,6 +52,7 @@ _SYNAPSE_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MatMul",
 _SCALING_OPS = {"Mul", "Div", "Neg", "Reciprocal", "BatchNormalization", "InstanceNormalization",
                 "LayerNormalization", "GroupNormalization", "LpNormalization", "MeanVarianceNormalization"}
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+_STATE_OUT = "state_out."  # a stream graph's next membranes (sj_realspike.stream.STATE_OUT)
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,9 @@ def _scopes(model: onnx.ModelProto) -> list[_Scope]:
 def spike_tensors(model: onnx.ModelProto) -> list[SpikeTensor]:
     """Every neuron output in ``model`` (float values crossing a neuron module's boundary).
 
+    A stream graph's next membranes (outputs ``state_out.<neuron>``) leave their neuron
+    only to be fed back: they are state, not spikes.
+
     Raises:
         ValueError: the graph carries no module scopes (not from ``torch.onnx.export(dynamo=True)``).
     """
@@ -187,7 +191,8 @@ def spike_tensors(model: onnx.ModelProto) -> list[SpikeTensor]:
         for name in n.input:
             readers.setdefault(name, []).append(i)
     for out in model.graph.output:
-        readers.setdefault(out.name, []).append(None)
+        if not out.name.startswith(_STATE_OUT):
+            readers.setdefault(out.name, []).append(None)
     found = []
     for value, i in producer.items():
         owner = scopes[i].neuron

@@ -1,7 +1,8 @@
-"""`OnnxRunner`: an onnxruntime session for exported models, with sane CPU defaults."""
+"""`OnnxRunner`: an onnxruntime session for exported models (unrolled or stream), with sane CPU defaults."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 __all__ = ["OnnxRunner", "physical_cores"]
 
+_PREFIX, _STATE_IN, _STATE_OUT = "sj_realspike.", "state_in.", "state_out."  # as sj_realspike.export writes them
 _NUMPY_OF_ONNX = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
                   "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
@@ -38,6 +40,12 @@ def physical_cores() -> int:
 class OnnxRunner:
     """Run an exported model in onnxruntime on numpy arrays or torch tensors.
 
+    ``runner(x)`` runs a whole input sequence ``[T, N, …]`` on either kind of graph
+    `export_onnx` writes. On a stream graph (``stream=True``) it runs the steps one by
+    one from the initial state and joins the per-step outputs as the unrolled graph
+    returns them; `step` runs one step and keeps the membranes between calls (for one
+    batch size at a time), `reset` starts over. ``runner.stream`` tells the kind.
+
     CPU defaults: intra-op threads = physical cores, one inter-op thread (the graph is a
     chain), and worker threads that sleep instead of spinning between ops (spinning burns
     the cores of everything else on the machine for a few percent of latency).
@@ -51,7 +59,8 @@ class OnnxRunner:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a model onnxruntime can load (message from onnxruntime).
+        ValueError: the file is not a model onnxruntime can load (message from onnxruntime),
+            or it has several inputs and is not a stream graph from `export_onnx`.
     """
 
     def __init__(self, path: str | os.PathLike[str] | onnx.ModelProto, *, threads: int | None = None,
@@ -77,52 +86,164 @@ class OnnxRunner:
         except Exception as e:  # onnxruntime raises its own exception types
             raise ValueError(f"onnxruntime cannot load {self.path or 'the model'}: {e}") from e
         self.threads = opts.intra_op_num_threads
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.stream = self.metadata.get(_PREFIX + "mode") == "stream"
         inputs = self.session.get_inputs()
-        if len(inputs) != 1:
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        if self.stream:
+            self._init_stream(inputs)
+        elif len(inputs) != 1:
             raise ValueError(f"expected a model with one input, got {[i.name for i in inputs]}")
         self.input_name = inputs[0].name
-        self.input_shape: tuple[int | str | None, ...] = tuple(inputs[0].shape)
+        self.step_shape: tuple[int | str | None, ...] = tuple(inputs[0].shape)  # one call of the graph
+        # What `__call__` takes: the graph's input, or a sequence of steps for a stream graph.
+        self.input_shape: tuple[int | str | None, ...] = ("T", *self.step_shape) if self.stream else self.step_shape
         self.input_type = inputs[0].type
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
 
+    def _init_stream(self, inputs: list) -> None:
+        """Pair ``state_in.<k>`` inputs with ``state_out.<k>`` outputs; read initial values and joins."""
+        try:
+            initial = json.loads(self.metadata[_PREFIX + "stream_states"])
+            joins = self.metadata[_PREFIX + "stream_outputs"].split(",")
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"{self.path or 'the model'} is marked as a stream graph but its metadata lacks "
+                             f"the state description ({e}): re-export it with export_onnx(stream=True)") from None
+        states = {i.name[len(_STATE_IN):]: i for i in inputs[1:] if i.name.startswith(_STATE_IN)}
+        outputs = {o[len(_STATE_OUT):] for o in self.output_names if o.startswith(_STATE_OUT)}
+        if len(states) != len(inputs) - 1 or set(states) != outputs or set(states) != set(initial):
+            raise ValueError(f"{self.path or 'the model'}: the stream graph's states do not pair up (inputs "
+                             f"{[i.name for i in inputs[1:]]}, outputs {sorted(outputs)})")
+        self._states = {k: (i.name, tuple(i.shape), float(initial[k])) for k, i in states.items()}
+        outputs = [o for o in self.output_names if not o.startswith(_STATE_OUT)]
+        if len(joins) > len(outputs) or not set(joins) <= {"stack", "cat"}:
+            raise ValueError(f"{self.path or 'the model'}: stream_outputs {joins} does not describe the outputs "
+                             f"{outputs}")
+        self._outputs = outputs[:len(joins)]  # more are extra outputs of a copy (verify's probe): run_steps has them
+        self._joins = joins
+        self._state: dict[str, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ running
     def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor | tuple:
-        """The model's output(s) for ``x``, as the same kind of array as ``x``.
+        """The model's output(s) for the input sequence ``x``, as the same kind of array as ``x``.
 
-        Any batch size works for a dynamic batch dimension; other dims must match.
+        Any batch size works for a dynamic batch dimension; other dims must match (a
+        stream graph: any ``T``). A stream graph runs from its initial state and leaves
+        the state of `step` alone.
 
         Raises:
             TypeError: ``x`` is not a numpy array or torch tensor.
             ValueError: wrong dtype or shape (the message gives expected vs given).
         """
-        is_torch = isinstance(x, torch.Tensor)
-        if is_torch:
-            device = x.device
-            array = x.detach().cpu().numpy()
-        elif isinstance(x, np.ndarray):
-            array = x
-        else:
-            raise TypeError(f"expected a numpy array or torch tensor, got {type(x).__name__}")
+        array, back = _as_array(x)
         self.check_input(array)
-        outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(array)})
-        if is_torch:
-            outputs = [torch.from_numpy(o).to(device) for o in outputs]
+        if self.stream:
+            steps = self.run_steps(array)
+            outputs = [(np.stack if join == "stack" else np.concatenate)([s[name] for s in steps], 0)
+                       for name, join in zip(self._outputs, self._joins, strict=True)]
+        else:
+            outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(array)})
+        outputs = [back(o) for o in outputs]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
+    def step(self, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor | tuple:
+        """One time step ``x`` (``[N, …]``) of a stream graph: its output(s); the membranes are kept.
+
+        The first step after construction or `reset` starts from the initial state, for
+        the batch size of ``x``; later steps continue it and must have that batch size.
+
+        Raises:
+            TypeError: not a stream graph, or ``x`` is not a numpy array or torch tensor.
+            ValueError: wrong dtype or shape, or another batch size than the kept state's.
+        """
+        if not self.stream:
+            raise TypeError(f"{self.path or 'the model'} is an unrolled graph (it takes whole sequences [T, N, ...]): "
+                            "call the runner on the sequence, or export with export_onnx(..., stream=True)")
+        array, back = _as_array(x)
+        self._check(array, self.step_shape)
+        if self._state is not None:
+            held = self._state_batch(self._state)
+            if held is not None and held != self._batch_of(array):
+                raise ValueError(f"the kept state is for a batch of {held}, this step has {self._batch_of(array)}: "
+                                 "call reset() before stepping another batch size")
+        outputs, self._state = self._run_step(array, self._state)
+        outputs = [back(outputs[name]) for name in self._outputs]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def reset(self) -> None:
+        """Forget the kept state: the next `step` starts from the initial membranes."""
+        if self.stream:
+            self._state = None
+
+    @property
+    def state(self) -> dict[str, np.ndarray] | None:
+        """A copy of the membranes `step` keeps, by neuron (``None`` before the first step, or unrolled)."""
+        return None if not self.stream or self._state is None else {k: v.copy() for k, v in self._state.items()}
+
+    def run_steps(self, x: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """Every output of a stream graph (states included) at each step of ``x`` (``[T, N, …]``), from the start.
+
+        Raises:
+            TypeError: not a stream graph.
+        """
+        if not self.stream:
+            raise TypeError(f"{self.path or 'the model'} is an unrolled graph: it has no steps to run")
+        state, results = None, []
+        for x_t in x:
+            outputs, state = self._run_step(x_t, state)
+            results.append(outputs)
+        return results
+
+    def _run_step(self, x_t: np.ndarray, state: dict[str, np.ndarray] | None
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        if state is None:
+            state = self._initial_state(self._batch_of(x_t))
+        feeds = {self.input_name: np.ascontiguousarray(x_t)}
+        feeds.update((name, state[k]) for k, (name, _, _) in self._states.items())
+        outputs = dict(zip(self.output_names, self.session.run(None, feeds), strict=True))
+        return outputs, {k: outputs[_STATE_OUT + k] for k in self._states}
+
+    def _initial_state(self, batch: int | None) -> dict[str, np.ndarray]:
+        return {k: np.full([d if isinstance(d, int) else batch for d in shape], value, dtype=np.float32)
+                for k, (_, shape, value) in self._states.items()}
+
+    def _batch_of(self, x_t: np.ndarray) -> int | None:
+        """The batch size of one step: its size where the graph's input is dynamic (``None``: fixed batch)."""
+        return next((n for d, n in zip(self.step_shape, x_t.shape, strict=True) if not isinstance(d, int)), None)
+
+    def _state_batch(self, state: dict[str, np.ndarray]) -> int | None:
+        for k, (_, shape, _) in self._states.items():
+            return next((n for d, n in zip(shape, state[k].shape, strict=True) if not isinstance(d, int)), None)
+        return None
+
+    # ----------------------------------------------------------------- checking
     def check_input(self, array: np.ndarray) -> None:
-        """Raise a ``ValueError`` naming expected vs given if ``array`` does not fit the model's input."""
+        """Raise a ``ValueError`` naming expected vs given if ``array`` does not fit what ``runner(x)`` takes."""
+        self._check(array, self.input_shape)
+
+    def _check(self, array: np.ndarray, expected: tuple[int | str | None, ...]) -> None:
         want = _NUMPY_OF_ONNX.get(self.input_type)
         if want is not None and array.dtype != want:
             raise ValueError(f"input '{self.input_name}' must be {np.dtype(want).name}, got {array.dtype} "
                              f"(convert with x.astype(np.{np.dtype(want).name}) or x.float())")
-        expected = self.input_shape
         shown = "[" + ", ".join(str(d) if isinstance(d, int) else str(d or "?") for d in expected) + "]"
+        what = " (a sequence of steps)" if self.stream and expected is self.input_shape else ""
         if array.ndim != len(expected) or any(
                 isinstance(d, int) and d != n for d, n in zip(expected, array.shape, strict=True)):
-            raise ValueError(f"input '{self.input_name}' must have shape {shown}, got {list(array.shape)}")
+            raise ValueError(f"input '{self.input_name}' must have shape {shown}{what}, got {list(array.shape)}")
         if any(n == 0 for n in array.shape):
             raise ValueError(f"input '{self.input_name}' is empty: shape {list(array.shape)}")
 
     def __repr__(self) -> str:
+        kind = f", stream of {len(self._states)} states" if self.stream else ""
         return (f"OnnxRunner({str(self.path) if self.path else '<in memory>'}, input {self.input_name} "
-                f"{list(self.input_shape)}, threads={self.threads})")
+                f"{list(self.input_shape)}{kind}, threads={self.threads})")
+
+
+def _as_array(x: np.ndarray | torch.Tensor):
+    """``x`` as a numpy array, and the function turning outputs back into ``x``'s kind (and device)."""
+    if isinstance(x, torch.Tensor):
+        device = x.device
+        return x.detach().cpu().numpy(), lambda o: torch.from_numpy(o).to(device)
+    if isinstance(x, np.ndarray):
+        return x, lambda o: o
+    raise TypeError(f"expected a numpy array or torch tensor, got {type(x).__name__}")

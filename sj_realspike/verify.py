@@ -13,7 +13,7 @@ import onnx
 import torch
 import torch.nn as nn
 
-from .export import METADATA_PREFIX, as_deploy_model, model_fingerprint, spike_kinds
+from .export import ANY_T, METADATA_PREFIX, as_deploy_model, model_fingerprint, spike_kinds
 from .layout import input_layout_of, stack_steps
 from .frameworks import reset, run_steps, spikes_of
 from .lowering import step_mode_of
@@ -28,6 +28,7 @@ DEFAULT_RTOL = 1e-5
 _ALLOWED = {"binary": {0.0, 1.0}, "ternary": {-1.0, 0.0, 1.0}}
 _SCALES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 _SHOWN = 4  # neuron names listed in a one-line reason
+_STREAM_T = 4  # steps of the default input for a stream graph of a model whose example has no T
 
 
 @dataclass(frozen=True)
@@ -285,10 +286,12 @@ def verify(model: nn.Module, onnx_path: str | os.PathLike[str], x: torch.Tensor 
     Args:
         model: the trained (converted) model, or a deploy model (then there is no
             "trained" row). Evaluated in eval mode; its mode and state are restored.
-        onnx_path: the file from `export_onnx`.
+        onnx_path: the file from `export_onnx`: unrolled, or a stream graph (run step by
+            step on ``x`` by `OnnxRunner`, its spikes checked at every step).
         x: the input sequence ``[T, N, …]`` (single-step models too: stepped over ``T``).
             ``None``: `exciting_input` of the ONNX input shape (a dynamic batch takes the
-            model's conversion batch size, else 2), seeded by ``seed``.
+            model's conversion batch size, else 2; a stream graph the conversion example's
+            ``T``, else 4), seeded by ``seed``.
         rtol: the largest relative output error accepted (see `Comparison.max_rel`).
         seed: seed of the default input.
 
@@ -347,9 +350,10 @@ def verify(model: nn.Module, onnx_path: str | os.PathLike[str], x: torch.Tensor 
             else f"fires the most neurons of {tried}")
     pairs = [("trained", "deploy"), ("deploy", "onnx"), ("trained", "onnx")]
     report.comparisons = [_compare(r, c, outputs[r], outputs[c]) for r, c in pairs if r in outputs]
-    report.fingerprint = model_fingerprint(deploy, layout.time_steps(example), layout.name)
-    report.provenance, report.file_fingerprint = _provenance(proto, deploy, report.fingerprint,
-                                                             layout.time_steps(example), layout.name)
+    time_steps = ANY_T if runner.stream else layout.time_steps(example)  # a stream graph runs any T
+    report.fingerprint = model_fingerprint(deploy, time_steps, layout.name)
+    report.provenance, report.file_fingerprint = _provenance(proto, deploy, report.fingerprint, time_steps,
+                                                             layout.name)
 
     spikes = spike_tensors(proto)
     report.violations = static_violations(proto, spikes)
@@ -379,14 +383,21 @@ def _stage(model: nn.Module) -> str | None:
 
 
 def _default_shape(runner: OnnxRunner, model: nn.Module) -> tuple[int, ...]:
-    """The ONNX input shape; a dynamic batch takes the model's conversion batch size (else 2)."""
+    """The ONNX input shape; a dynamic batch takes the model's conversion batch size (else 2).
+
+    A stream graph takes any ``T``: the conversion example's (else `_STREAM_T`).
+    """
     record = record_of(model)
     example, layout = record.get("example_shape"), record.get("input_layout")
-    batch = 2
+    dims = layout.split(",") if layout else (["T", "N"] if step_mode_of(model) == "m" else ["N"])
+    batch, steps = 2, _STREAM_T
     if example:
-        index = layout.split(",").index("N") if layout else (1 if step_mode_of(model) == "m" else 0)
-        batch = int(example[index])
-    return tuple(d if isinstance(d, int) and d > 0 else batch for d in runner.input_shape)
+        batch = int(example[dims.index("N")])
+        steps = int(example[dims.index("T")]) if "T" in dims[:len(example)] else steps
+    shape = [d if isinstance(d, int) and d > 0 else batch for d in runner.input_shape]
+    if runner.stream:
+        shape[0] = steps
+    return tuple(shape)
 
 
 def _provenance(proto: onnx.ModelProto, deploy: nn.Module, fingerprint: str, time_steps: str,
@@ -484,7 +495,11 @@ def _compare(reference: str, candidate: str, ref: torch.Tensor, got: torch.Tenso
 
 
 def _spike_values(proto: onnx.ModelProto, spikes: list[SpikeTensor], x: np.ndarray) -> dict[str, np.ndarray]:
-    """Run a copy of the graph, unoptimized, with every spike tensor as an extra output."""
+    """Run a copy of the graph, unoptimized, with every spike tensor as an extra output.
+
+    A stream graph runs step by step; each spike tensor is then its steps flattened in
+    order (the order of the deploy model's ``[T, N, …]`` spikes).
+    """
     probe = copy.deepcopy(proto)
     outputs = {o.name for o in probe.graph.output}
     for s in spikes:
@@ -492,5 +507,8 @@ def _spike_values(proto: onnx.ModelProto, spikes: list[SpikeTensor], x: np.ndarr
             probe.graph.output.append(onnx.helper.make_tensor_value_info(s.value, onnx.TensorProto.FLOAT, None))
             outputs.add(s.value)
     runner = OnnxRunner(probe, optimize=False)
+    if runner.stream:
+        steps = runner.run_steps(x)
+        return {name: np.concatenate([s[name].reshape(-1) for s in steps]) for name in runner.output_names}
     results = runner.session.run(None, {runner.input_name: np.ascontiguousarray(x)})
     return dict(zip(runner.output_names, results, strict=True))
