@@ -22,7 +22,7 @@ from .amplitude import Amplitude, amplitude_shape
 from .capture import CaptureResult, capture
 from .config import Granularity, RuleSource, SpikeConfig, SpikeKind, SpikeSpec
 from .errors import UnsupportedPatternError
-from .flow import Blocker, follow_amplitudes, neuron_batch_dims
+from .flow import Blocker, FoldStats, follow_amplitudes, neuron_batch_dims
 from .ops import OpKind, classify
 from .frameworks import framework_of, invalidate, neuron_adapter, reset, step_mode
 from .neurons import is_neuron, is_ternary, ternary_problem, to_ternary
@@ -202,24 +202,27 @@ def _plan(result: CaptureResult, config: SpikeConfig, default: SpikeSpec, device
     if tie:
         _, stats = follow_amplitudes(gm, rewrite=False)
         report.tied, report.untied = _tie_summed(gm, selected, stats.sums, modules)
-    _drop_blocked(gm, selected, calls, report, modules)
+    pooled = set(_drop_blocked(gm, selected, calls, report, modules).max_pooled)
+    pooled_amps = {id(sel.amplitude) for sel in selected if pooled.intersection(sel.amp_nodes)}
+    report.max_pooled = [sel.target for sel in selected if id(sel.amplitude) in pooled_amps]
     kept = {sel.target for sel in selected}
     report.tied = [g for g in (tuple(t for t in group if t in kept) for group in report.tied) if len(g) > 1]
     return report, selected
 
 
 def _drop_blocked(gm: fx.GraphModule, selected: list[_Selected], calls: dict[str, list[fx.Node]],
-                  report: ConversionReport, modules: dict[str, nn.Module]) -> None:
+                  report: ConversionReport, modules: dict[str, nn.Module]) -> FoldStats:
     """Drop the amplitudes that could never be folded, until every remaining one can (in place).
 
     A channel amplitude blocked in one orientation (channels first / last) gets one try in
-    the other (not a shared one: its other neurons keep theirs).
+    the other (not a shared one: its other neurons keep theirs). Returns what the last walk,
+    with no blocker left, found.
     """
     retried: set[str] = set()
     while True:
-        blockers, _ = follow_amplitudes(gm, rewrite=False)
+        blockers, stats = follow_amplitudes(gm, rewrite=False)
         if not blockers:
-            return
+            return stats
         by_amp = {node: sel for sel in selected for node in sel.amp_nodes}
         hit: dict[_Selected, Blocker] = {}  # each blocked neuron once per round, with its first blocker
         for blocker in blockers:
@@ -304,7 +307,7 @@ def check_layout(layout: str | None, example_input: object, result: CaptureResul
     """The validated input layout, or the detected one when ``None``.
 
     Detection: a multi-step model whose example has ≥ 3 dims takes ``[T, N, …]`` unless
-    its second dim cannot change size (a capture with one more there fails: it is a
+    its second dim cannot change size (one more entry there does not run: it is a
     feature dim, as in ``[N, C, H, W]`` images repeated over time inside ``forward``);
     a single-step model with a time loop in ``forward`` takes ``[T, N, …]`` if one more
     entry along the first dim means more neuron calls (the loop runs over it); otherwise
@@ -319,12 +322,12 @@ def check_layout(layout: str | None, example_input: object, result: CaptureResul
     if layout is None:
         multi = any(step_mode(m) == "m" for m in result.gm.modules() if is_neuron(m))
         sequence = _LAYOUT_NAMES.get(rank, ",".join(["T", "N"] + [f"D{i}" for i in range(rank - 2)]))
-        if multi and rank >= 3 and _grown(model, example_input, 1) is not None:
+        if multi and rank >= 3 and _runs(model, _one_more(example_input, 1)):
             return sequence
         if not multi and result.calls and rank >= 2:
             # A time loop in forward: over the input's first dim if growing it adds calls.
             grown = _grown(model, example_input, 0)
-            if grown is not None and grown.calls != result.calls and _grown(model, example_input, 1) is not None:
+            if grown is not None and grown.calls != result.calls and _runs(model, _one_more(example_input, 1)):
                 return sequence
         return _LAYOUT_NAMES.get(rank + 1, ",".join(["T", "N"] + [f"D{i}" for i in range(rank - 1)]))[2:]
     dims = [d.strip() for d in layout.split(",")]
@@ -335,12 +338,36 @@ def check_layout(layout: str | None, example_input: object, result: CaptureResul
     return ",".join(dims)
 
 
+def _one_more(x: torch.Tensor, dim: int) -> torch.Tensor:
+    return torch.cat([x, x.narrow(dim, 0, 1)], dim=dim)
+
+
 def _grown(model: nn.Module, x: torch.Tensor, dim: int) -> CaptureResult | None:
     """The capture of ``model`` on ``x`` with one more entry along ``dim`` (``None``: it does not run)."""
     try:
-        return capture(model, torch.cat([x, x.narrow(dim, 0, 1)], dim=dim))
+        return capture(model, _one_more(x, dim))
     except UnsupportedPatternError:
         return None
+
+
+def _runs(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``model``'s forward runs on ``x``: eval mode, no gradients, state reset afterwards.
+
+    A plain forward answers what a capture would (which runs the same code on the same
+    values) at a fraction of its cost.
+    """
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+        return True
+    except Exception:  # any failure: that dim cannot take another size
+        return False
+    finally:
+        for m, training in modes.items():
+            m.training = training
+        reset(model)
 
 
 def _amplitude(features: tuple[int, ...], spec: SpikeSpec, channels_last: bool) -> Amplitude | None:

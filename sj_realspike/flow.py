@@ -80,6 +80,7 @@ class FoldStats:
     merged_linears: list[str] = field(default_factory=list)
     diagonal_synapses: list[str] = field(default_factory=list)
     sums: list[tuple[fx.Node, ...]] = field(default_factory=list)  # per addition: amplitude nodes it sums
+    max_pooled: list[fx.Node] = field(default_factory=list)  # amplitude nodes whose spikes pass a max-pool
 
 
 class _Blocked(Exception):
@@ -282,6 +283,7 @@ class _Walker:
             self._block(node, [node.args[0]],
                         f"negative amplitude before max pooling {where}: max(a·s) = a·min(s) for a < 0, which a binary max-pool cannot express",
                         "Keep these amplitudes non-negative (e.g. clamp them during training) or use average pooling")
+        self.stats.max_pooled.extend(t.sources)
         self.exprs[node] = (replace(t, node=self._replay(node, t.node), shape=self._shape(node)),)
 
     def _add(self, node: fx.Node) -> None:

@@ -57,6 +57,7 @@ class ConversionReport:
     value_branches: list[str] = field(default_factory=list)  # nodes where forward branches on tensor values
     tied: list[tuple[str, ...]] = field(default_factory=list)  # neurons sharing one amplitude (tie_summed)
     untied: list[tuple[tuple[str, ...], str]] = field(default_factory=list)  # (neurons, why) summed but not tied
+    max_pooled: list[str] = field(default_factory=list)  # converted neurons whose amplitude must stay >= 0
 
     def __str__(self) -> str:
         parts = [f"{len(self.converted)} of {self.total} neurons converted, {len(self.skipped)} skipped, "
@@ -76,6 +77,9 @@ class ConversionReport:
             parts.append("left alone by config: " + ", ".join(self.untouched))
         parts += [f"one amplitude shared (tie_summed) by: {', '.join(group)}" for group in self.tied]
         parts += [f"summed but not tied: {', '.join(group)}: {why}" for group, why in self.untied]
+        if self.max_pooled:
+            parts.append("amplitudes that must stay >= 0 to fold (their spikes pass max pooling): "
+                         + ", ".join(self.max_pooled))
         if self.calls:
             parts.append("called more than once (one amplitude each): "
                          + ", ".join(f"{m} x{n}" for m, n in self.calls.items()))

@@ -17,17 +17,13 @@ import copy
 import math
 
 import torch
-import torch.fx as fx
 import torch.nn as nn
 
-from .fold import capture_converted, example_for
 from .frameworks import adapter_for, reset, run_steps, spikes_of
 from .layout import stack_steps
 from .neurons import is_neuron
-from .ops import OpKind, classify
-from .report import record_of
+from .report import conversion_report
 from .spiking import amplitude_of
-from .state import copy_model
 
 __all__ = ["make_dyadic", "dyadic_input", "randomize_amplitudes", "assert_exact_in_fp32", "run",
            "spike_values", "firing_rate"]
@@ -53,40 +49,20 @@ def randomize_amplitudes(model: nn.Module, seed: int = 0, negative: bool = True)
     """Amplitudes on multiples of 1/4 in [0.25, 2]; a quarter of the entries negative where legal.
 
     Negative amplitudes are illegal before max pooling, so amplitudes whose spikes reach
-    a max-pool stay positive.
+    a max-pool (the conversion report's ``max_pooled``) stay positive.
     """
     g = torch.Generator().manual_seed(seed)
-    gm, _, after = capture_converted(copy_model(model), example_for(model, record_of(model), None), generality=False)
-    modules = dict(gm.named_modules())
-    before_maxpool = {n.target for n in _amplitudes_before_maxpool(gm, modules)}
+    before_maxpool = set(conversion_report(model).max_pooled)
     with torch.no_grad():
-        for path, name in after.items():
-            a = amplitude_of(model.get_submodule(path)).a
+        for path, m in model.named_modules():
+            if amplitude_of(m) is None:
+                continue
+            a = amplitude_of(m).a
             mag = torch.randint(1, 9, a.shape, generator=g).float() / 4
             sign = torch.ones(a.shape)
-            if negative and name not in before_maxpool:
+            if negative and path not in before_maxpool:
                 sign = torch.where(torch.rand(a.shape, generator=g) < 0.25, -1.0, 1.0)
             a.copy_(mag * sign)
-
-
-def _amplitudes_before_maxpool(model: fx.GraphModule, modules) -> set[fx.Node]:
-    passing = {OpKind.RESHAPE, OpKind.AVGPOOL, OpKind.IDENTITY, OpKind.SCALAR, OpKind.ADD}
-    found = set()
-    for node in model.graph.nodes:
-        if classify(node, modules) is not OpKind.AMPLITUDE:
-            continue
-        frontier, seen = list(node.users), set()
-        while frontier:
-            u = frontier.pop()
-            if u in seen:
-                continue
-            seen.add(u)
-            kind = classify(u, modules)
-            if kind is OpKind.MAXPOOL:
-                found.add(node)
-            elif kind in passing:
-                frontier.extend(u.users)
-    return found
 
 
 def make_dyadic(model: nn.Module, x: torch.Tensor, seed: int = 0, amplitudes: bool = True,
