@@ -11,7 +11,8 @@ Three tables, written to docs/compatibility.md with a per-family summary line on
   (`zoo_models.MODEL_CASES`), smallest configs, LIF, real spikes, channel granularity;
 - ``wild``: networks written by others (`wild_cases.WILD_CASES`: tests/wild.py, SpikingJelly's
   example scripts, every SpikingJelly neuron type swapped into a small conv net), same settings;
-- ``zoo``: 10 zoo models × IF/LIF/PLIF × real/ternary × layer/channel/element × step modes.
+- ``zoo``: 10 zoo models × IF/LIF/PLIF × real/ternary × layer/channel/element × step modes;
+- ``snntorch``: snnTorch's tutorial networks (`snntorch_cases.SNNTORCH_CASES`), same settings as ``wild``.
 
     python tests/compat/matrix.py --out docs/compatibility.md [--tables models wild zoo] [--step-modes m s] [--jobs 2]
                                   [--zoo-sample K]
@@ -50,7 +51,9 @@ from spikingjelly.activation_based.model import (ms_resnet, parametric_lif_net, 
 import sj_realspike as rs
 from cases import FAMILIES, Case
 from sj_realspike.atomic import atomic_write
+from sj_realspike.layout import stack_steps
 from sj_realspike.testing import make_dyadic
+from snntorch_cases import SNNTORCH_CASES
 from wild_cases import NOT_SWAPPED, WILD_CASES
 from zoo_models import MODEL_CASES
 
@@ -69,8 +72,9 @@ MODELS = {
     "spikformer_cifar10": lambda sn, kw: spikformer.spikformer_cifar10(T=2, num_classes=10, spiking_neuron=sn, **kw),
 }
 CASES: dict[str, dict[str, Case]] = {"models": {c.name: c for c in MODEL_CASES},
-                                     "wild": {c.name: c for c in WILD_CASES}}
-TABLES = ("models", "wild", "zoo")  # the order they run in and appear in
+                                     "wild": {c.name: c for c in WILD_CASES},
+                                     "snntorch": {c.name: c for c in SNNTORCH_CASES}}
+TABLES = ("models", "wild", "snntorch", "zoo")  # the order they run in and appear in
 
 
 @dataclass
@@ -126,7 +130,7 @@ def run_cell(cell: Cell, workdir: Path) -> Cell:
         conversion = rs.conversion_report(model)
         cell.converted, cell.total = len(conversion.converted), conversion.total
         cell.skipped = skipped_note([s.reason for s in conversion.skipped])
-        out = torch.stack([model(xt) for xt in sequence]) if steps else model(example)
+        out = stack_steps([model(xt) for xt in sequence]) if steps else model(example)
         if backward:  # a training step's gradients, through amplitudes and surrogates
             sum(t.sum() for t in _tensors(out)).backward()
         make_dyadic(model, example)
@@ -282,6 +286,20 @@ def to_markdown(results: list[Cell], expected: dict[str, int]) -> str:
                          f"{_notes(c)} |")
         lines += ["", "Neuron classes of `spikingjelly.activation_based.neuron` not swapped into the conv net: "
                   + "; ".join(f"`{name}` ({why})" for name, why in NOT_SWAPPED.items()) + ".", ""]
+    if by_table["snntorch"]:
+        lines += header("snntorch", "snnTorch: the tutorials' networks")
+        lines += ["snnTorch's own layer sizes, T=2, N=2; networks with `init_hidden=True` neurons are stepped by the "
+                  "caller ([N, ...] per call) and exported over the whole [T, N, ...] sequence, networks that keep "
+                  "`(spk, mem)` in locals run their own time loop. Real spikes, channel granularity. Tests with "
+                  "every neuron type, ternary `TernaryLeaky`, layer/element granularity and bit-exact folds: "
+                  "tests/test_snntorch.py. NIR export of snnTorch networks is refused (no mapping yet).", "",
+                  "| network | source | what it exercises | neuron | converted / total | result | notes |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in by_table["snntorch"]:
+            case = CASES["snntorch"][c.model]
+            lines.append(f"| {c.model} | {case.source} | {case.config.replace('|', '/')} | {case.neuron} | "
+                         f"{_counts(c)} | {c.status} | {_notes(c)} |")
+        lines.append("")
     if by_table["zoo"]:
         lines += header("zoo", "SpikingJelly zoo × neurons × spike kinds × granularities × step modes")
         lines += ["Input 2×2×3×32×32 (T, N, C, H, W), the factories' full sizes.", "",

@@ -4,7 +4,7 @@ Zoo cells at full size across neuron types, spike kinds, granularities and step 
 one network per idiom that others write, each with its exact conversion count: a spiking
 transformer, an MS-ResNet, a SeqToANNContainer SEW-ResNet, a user time loop, an image input
 repeated inside ``forward``, and SEW's AND/IAND connections (products of spikes fold; IAND's
-``1 - y`` blocks ``y``).
+``1 - y`` blocks ``y``); and three of snnTorch's tutorial networks.
 """
 
 from __future__ import annotations
@@ -46,6 +46,13 @@ NETWORKS = [  # (table, row, neurons converted, neurons found, skip reasons)
 ]
 
 
+SNNTORCH_NETWORKS = [  # (row, neurons converted, neurons found): each last layer's spikes are the output
+    ("tutorial6_csnn", 2, 3),  # nn.Sequential of init_hidden Leaky neurons, stepped by the caller
+    ("tutorial6_graded", 2, 3),  # a learned per-channel graded_spikes_factor, folded into the next conv
+    ("rleaky_fc", 1, 2),  # RLeaky with (spk, mem) in locals: its recurrent weights absorb the amplitude
+]
+
+
 def _cell(table: str, name: str) -> Cell:
     case = CASES[table][name]
     return Cell(name, case.neuron, "real", "channel", "s" if case.single_step else "m", table=table)
@@ -73,3 +80,13 @@ def test_every_zoo_module_and_neuron_class_has_a_row():
     # A module or neuron class added to SpikingJelly must show up in the matrix, not go unnoticed.
     assert uncovered_modules() == []
     assert unlisted_neurons() == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, converted, total", SNNTORCH_NETWORKS, ids=[n[0] for n in SNNTORCH_NETWORKS])
+def test_snntorch_tutorial_network_passes_with_exact_counts(name, converted, total, tmp_path):
+    pytest.importorskip("snntorch")
+    result = run_cell(_cell("snntorch", name), tmp_path)
+    assert result.status == "pass", result.note
+    assert (result.converted, result.total) == (converted, total)
+    assert result.skipped.startswith("1 neuron(s) skipped: 1× ")  # the output layer, its spikes are the output
