@@ -1,7 +1,9 @@
-"""Training overhead of converted models vs the original SpikingJelly network.
+"""Training overhead of converted models vs the original SpikingJelly or snnTorch network.
 
 Measures, side by side in one run, one forward+backward step of ``sew_resnet18``
-(T=4, N=8, 32x32, CPU, multi-step) for the original net and converted variants:
+(T=4, N=8, 32x32, CPU, multi-step; ``--framework snntorch``: a tutorial-6 style conv net
+of snnTorch ``Leaky`` neurons, ``init_hidden=True``, stepped over T by a user time loop)
+for the original net and converted variants:
 
 * time: median over interleaved repeats (variants alternate, so machine noise hits all);
 * autograd memory: bytes of the tensors autograd keeps for backward (deduplicated by
@@ -13,7 +15,7 @@ SpikingJelly's ternary neuron itself; the "ternary, no amplitude" row isolates i
 A "naive Mul" row shows what a plain ``a * s`` costs in memory (it keeps a float copy
 of the spikes for the gradient of ``a``); the shipped Amplitude keeps an int8 copy.
 
-Usage: python bench/train_overhead.py [--repeats 9] [--T 4] [--N 8] [--size 32]
+Usage: python bench/train_overhead.py [--framework spikingjelly|snntorch] [--repeats 9] [--T 4] [--N 8] [--size 32]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import weakref
 
 import torch
 import torch.nn as nn
@@ -28,6 +31,7 @@ from spikingjelly.activation_based import functional, neuron
 from spikingjelly.activation_based.model import sew_resnet
 
 import sj_realspike as rs
+from sj_realspike.frameworks import reset
 
 
 class NaiveAmplitude(nn.Module):
@@ -51,29 +55,61 @@ def replace_amplitudes(model: nn.Module, make) -> nn.Module:
 
 
 def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
-    """Bytes autograd saves for backward during one forward (each storage counted once)."""
-    storages: dict[int, int] = {}
+    """Bytes autograd keeps for backward after one forward (each storage counted once).
+
+    Only tensors still alive when backward starts count: snnTorch computes its reset signal
+    through the surrogate and detaches it, so that graph and what it saved are freed at once.
+    """
+    saved: list[weakref.ref] = []
 
     def pack(t: torch.Tensor):
-        s = t.untyped_storage()
-        storages[s.data_ptr()] = s.nbytes()
+        saved.append(weakref.ref(t))
         return t
 
-    functional.reset_net(model)
+    reset(model)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = model(x)
+        y = forward(model, x)
+    storages = {}
+    for ref in saved:
+        t = ref()
+        if t is not None:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
     y.sum().backward()
     model.zero_grad(set_to_none=True)
     return sum(storages.values())
 
 
+def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``[T, N, classes]``: a multi-step net's output, or a single-step net's stepped over ``x``'s first dim."""
+    if getattr(model, "single_step", False):
+        return torch.stack([model(xt)[0] for xt in x])  # snnTorch output=True layer: (spk, mem)
+    return model(x)
+
+
 def step_time(model: nn.Module, x: torch.Tensor) -> float:
-    functional.reset_net(model)
+    reset(model)
     t0 = time.perf_counter()
-    model(x).mean(0).logsumexp(-1).mean().backward()
+    forward(model, x).mean(0).logsumexp(-1).mean().backward()
     elapsed = time.perf_counter() - t0
     model.zero_grad(set_to_none=True)
     return elapsed
+
+
+def snntorch_conv_net(size: int) -> nn.Module:
+    """Tutorial 6's layout at CIFAR width: (conv → max pool → Leaky) ×3, Linear → Leaky(output=True)."""
+    import snntorch as snn
+    from snntorch import surrogate
+
+    grad = surrogate.fast_sigmoid(slope=25)
+
+    def lif(**kwargs) -> nn.Module:
+        return snn.Leaky(beta=0.9, spike_grad=grad, init_hidden=True, **kwargs)
+
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1), nn.MaxPool2d(2), lif(),
+        nn.Conv2d(64, 128, 3, padding=1), nn.MaxPool2d(2), lif(),
+        nn.Conv2d(128, 256, 3, padding=1), nn.MaxPool2d(2), lif(),
+        nn.Flatten(), nn.Linear(256 * (size // 8) ** 2, 10), lif(output=True))
 
 
 def main() -> None:
@@ -83,21 +119,33 @@ def main() -> None:
     p.add_argument("--N", type=int, default=8)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--framework", choices=("spikingjelly", "snntorch"), default="spikingjelly")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    net = sew_resnet.sew_resnet18(spiking_neuron=neuron.LIFNode, cnf="ADD", num_classes=10)
-    functional.set_step_mode(net, "m")
     x = torch.rand(args.T, args.N, 3, args.size, args.size)
+    if args.framework == "snntorch":
+        net, title = snntorch_conv_net(args.size), "snnTorch conv net (Leaky)"
+        example = x[0]  # one step: the time loop is the caller's
+    else:
+        net, title = sew_resnet.sew_resnet18(spiking_neuron=neuron.LIFNode, cnf="ADD", num_classes=10), "sew_resnet18"
+        functional.set_step_mode(net, "m")
+        example = x
+
+    def convert(**kwargs) -> nn.Module:
+        model = rs.convert_model(net, example, **kwargs)
+        model.single_step = args.framework == "snntorch"
+        return model
+
+    net.single_step = args.framework == "snntorch"
     variants: dict[str, nn.Module] = {"original": net}
     for g in ("layer", "channel", "element"):
-        variants[f"real {g}"] = rs.convert_model(net, x, granularity=g)
-    variants["ternary layer"] = rs.convert_model(net, x, spike="ternary", granularity="layer")
+        variants[f"real {g}"] = convert(granularity=g)
+    variants["ternary layer"] = convert(spike="ternary", granularity="layer")
     variants["ternary, no amplitude (reference)"] = replace_amplitudes(
-        rs.convert_model(net, x, spike="ternary", granularity="layer"), lambda m: nn.Identity())
-    variants["naive Mul, channel (reference)"] = replace_amplitudes(
-        rs.convert_model(net, x, granularity="channel"), NaiveAmplitude)
+        convert(spike="ternary", granularity="layer"), lambda m: nn.Identity())
+    variants["naive Mul, channel (reference)"] = replace_amplitudes(convert(granularity="channel"), NaiveAmplitude)
 
     memory = {name: saved_bytes(m, x) for name, m in variants.items()}
     times: dict[str, list[float]] = {name: [] for name in variants}
@@ -108,7 +156,7 @@ def main() -> None:
             times[name].append(step_time(m, x))
 
     base_t, base_m = statistics.median(times["original"]), memory["original"]
-    print(f"sew_resnet18 fwd+bwd, T={args.T} N={args.N} {args.size}x{args.size}, CPU {args.threads} threads, "
+    print(f"{title} fwd+bwd, T={args.T} N={args.N} {args.size}x{args.size}, CPU {args.threads} threads, "
           f"median of {args.repeats}")
     print(f"{'variant':32s} {'step ms':>9s} {'time x':>7s} {'autograd MiB':>13s} {'memory x':>9s}")
     for name in variants:
