@@ -116,3 +116,25 @@ def sequential(neuron: str, features: int = 8, hidden: int = 6, outputs: int = 3
 def vectors(seed: int = 0, features: int = 8) -> torch.Tensor:
     """A ``[T, N, features]`` input sequence."""
     return torch.rand(T, N, features, generator=torch.Generator().manual_seed(seed)) * 4
+
+
+class KeywordState(nn.Module):
+    """``mem=`` passed by keyword to a Leaky with per-neuron ``beta`` and ``threshold`` tensors; the second
+    Leaky called without its state, which it then keeps itself (snnTorch allows both)."""
+
+    def __init__(self, features: int = 8, hidden: int = 6, outputs: int = 3) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(features, hidden)
+        self.lif1 = snn.Leaky(beta=torch.full((hidden,), 0.5), threshold=torch.linspace(0.25, 1.0, hidden),
+                              learn_beta=True)
+        self.fc2 = nn.Linear(hidden, outputs)
+        self.lif2 = snn.Leaky(beta=0.5, threshold=0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mem1 = self.lif1.init_leaky()
+        out = []
+        for step in range(x.shape[0]):
+            spk1, mem1 = self.lif1(self.fc1(x[step]), mem=mem1)
+            spk2, _ = self.lif2(self.fc2(spk1))
+            out.append(spk2)
+        return torch.stack(out)

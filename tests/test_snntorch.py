@@ -166,10 +166,11 @@ def test_reset_clears_the_state_of_a_deep_copy():
     (lambda: nets.FullyConnected(), lambda: nets.vectors()),
     (lambda: nets.FullyConnected("synaptic"), lambda: nets.vectors()),
     (lambda: nets.Recurrent(), lambda: nets.vectors()),
-], ids=["leaky", "synaptic", "rleaky", "lapicque", "conv6", "fc-loop", "synaptic-loop", "rleaky-loop"])
+    (lambda: nets.KeywordState(), lambda: nets.vectors()),
+], ids=["leaky", "synaptic", "rleaky", "lapicque", "conv6", "fc-loop", "synaptic-loop", "rleaky-loop", "keyword-loop"])
 def test_onnx_is_pure_and_bit_identical_to_the_deploy_model(tmp_path, build, example):
     x = example()
-    per_call = x if isinstance(build(), (nets.FullyConnected, nets.Recurrent)) else x[0]
+    per_call = x if isinstance(build(), (nets.FullyConnected, nets.Recurrent, nets.KeywordState)) else x[0]
     model = _converted(build(), per_call)
     path = rs.export_onnx(rs.fold(model), tmp_path / "m.onnx", x)
     report = rs.verify(model, path, x)

@@ -419,8 +419,11 @@ class LoweredSnnTorchNeuron(nn.Module):
 
     # --------------------------------------------------------------- one step
     def _reset_signal(self, mem: torch.Tensor) -> torch.Tensor:
-        r = _step(mem - self.threshold)
-        return r - _step(-mem - self.threshold) if self.ternary else r
+        # snnTorch's H(mem − θ) as [mem > θ]: the same in IEEE arithmetic (a − b > 0 exactly when a > b,
+        # NaN and ±Inf included), written differently from `fire`'s so that ONNX never merges the
+        # reset with the previous step's spikes (a per-call graph computes both from one membrane).
+        r = (mem > self.threshold).to(mem.dtype)
+        return r - (mem < -self.threshold).to(mem.dtype) if self.ternary else r
 
     def _charge(self, x: torch.Tensor, mem: torch.Tensor, syn: torch.Tensor | None,
                 spk: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -466,8 +469,11 @@ class LoweredSnnTorchNeuron(nn.Module):
         return (zero, zero) if self.kind in ("synaptic", "rleaky") else (zero,)
 
     # ---------------------------------------------------------------- forward
-    def forward(self, x: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor, *state: torch.Tensor, **named: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.time_steps is None:  # one call per step, as the model's own loop calls the neuron
+            # the neuron's own argument names: Leaky(input_, mem), Synaptic(input_, syn, mem), RLeaky(input_, spk, mem)
+            names = {"synaptic": ("syn", "mem"), "rleaky": ("spk", "mem")}.get(self.kind, ("mem",))
+            state = state + tuple(named[k] for k in names[len(state):] if k in named)
             given = tuple(s for s in state if s is not None)
             if given:  # snnTorch: a state of another shape (init_leaky()'s empty one) starts from zeros
                 current = tuple(s if s.shape == x.shape else torch.zeros_like(x) for s in given)
