@@ -102,12 +102,10 @@ class SnnTorchAmplitudeNeuron(AmplitudeNeuron):
         return getattr(self, AMPLITUDE_ATTR)(super().fire(mem))
 
 
-_LEAKY = (snntorch.Leaky,)
 _SUPPORTED = (snntorch.Leaky, snntorch.Synaptic, snntorch.RLeaky, snntorch.Alpha, snntorch.Lapicque)
 _SUPPORTED_NAMES = "Leaky, Synaptic, RLeaky, Alpha, Lapicque, TernaryLeaky"
 # Lowered for export: snnTorch's update repeated op for op (Alpha is not, yet).
 _LOWERED = (snntorch.Leaky, TernaryLeaky, snntorch.Synaptic, snntorch.RLeaky, snntorch.Lapicque)
-_MECHANISMS = ("subtract", "zero", "none")
 _ONNX_REMEDY = "export_onnx supports this model as it is"
 
 
