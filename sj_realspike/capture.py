@@ -406,6 +406,7 @@ def capture(model: nn.Module, example_input: Any, *, leaf: Callable[[nn.Module],
                      and p.default is not inspect.Parameter.empty}
     tracer = ConcreteTracer(inputs, leaf, after, record)
     modes = {m: m.training for m in model.modules()}
+    attributes = set(vars(model))
     model.eval()
     reset_state(model)
     try:
@@ -424,6 +425,11 @@ def capture(model: nn.Module, example_input: Any, *, leaf: Callable[[nn.Module],
         reset_state(model)
     _drop_dead_queries(graph)
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    for name in {n for n in vars(model) if n.startswith("_tensor_constant")} - attributes:
+        # fx parks the tensors forward creates (Norse's torch.as_tensor(alpha)) on the root as
+        # `_tensor_constant<i>`: they belong to the graph (copied into gm), not to the user's model,
+        # and left there they would renumber the next capture's (a different deploy fingerprint).
+        delattr(model, name)
     for node in gm.graph.nodes:
         node.meta.pop(CONCRETE, None)
     for adapter in adapters():  # neurons that take their state as an argument read the one given

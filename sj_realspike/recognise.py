@@ -67,7 +67,7 @@ def spike_output_problem(m: nn.Module, sample: torch.Tensor, *, ternary: bool | 
         except Exception as e:  # any failure of user code is a reason, never a crash
             message = str(e).strip().splitlines()[0] if str(e).strip() else "no message"
             return f"{name}: running it on its input failed ({mode} mode, {type(e).__name__}: {message})"
-        problems[mode] = _output_problem(out, sample, ternary)
+        problems[mode] = _output_problem(out, sample, ternary, _spike_shape(m, sample))
     train, eval_ = problems["training"], problems["eval"]
     if train is None and eval_ is None:
         return None
@@ -95,7 +95,13 @@ def _run_copy(m: nn.Module, sample: torch.Tensor, *, training: bool) -> Any:
     return out if index is None else out[index]
 
 
-def _output_problem(out: Any, sample: torch.Tensor, ternary: bool) -> tuple[str, str] | None:
+def _spike_shape(m: nn.Module, sample: torch.Tensor) -> tuple[int, ...]:
+    adapter = neuron_adapter(m)
+    return tuple(sample.shape) if adapter is None else tuple(adapter.spike_shape(m, tuple(sample.shape)))
+
+
+def _output_problem(out: Any, sample: torch.Tensor, ternary: bool,
+                    shape: tuple[int, ...] | None = None) -> tuple[str, str] | None:
     """What is wrong with one output, as (what it emits, ", not what was expected").
 
     ``None``: one tensor of spikes shaped like ``sample``.
@@ -105,7 +111,7 @@ def _output_problem(out: Any, sample: torch.Tensor, ternary: bool) -> tuple[str,
         return f"returns a {type(out).__name__} of {len(out)} values [{parts}]", ", not one spike tensor"
     if not isinstance(out, torch.Tensor):
         return f"returns {_describe(out)}", ", not a spike tensor"
-    if out.shape != sample.shape:
+    if tuple(out.shape) != (tuple(sample.shape) if shape is None else shape):
         return f"returns shape {list(out.shape)} for input shape {list(sample.shape)}", ""
     if out.is_complex():
         return f"outputs complex values ({out.dtype})", ", not spikes"

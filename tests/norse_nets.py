@@ -4,7 +4,8 @@ Three styles cover Norse's user code:
 
 * module style: ``SequentialState(Lift(Conv2d), LIF(), ...)`` on the whole sequence
   ``[T, N, ...]``, returning ``(output, states)``;
-* cell style with the time loop in ``forward`` (Norse's ``ConvNet``, the MNIST tutorial):
+* cell style with the time loop in ``forward`` (Norse's ``ConvNet``, the MNIST tutorial's
+  ``LIFRecurrentCell`` network):
   ``z, s1 = self.lif1(z, s1)`` for every step, states starting at ``None``;
 * single-step: ``SequentialState(Linear, LIFCell(), ...)`` called once per step by the user,
   ``out, state = model(x[t], state)``.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from norse.torch import (LI, LIF, LIBoxCell, LIBoxParameters, LICell, LIFBoxCell, LIFBoxParameters, LIFCell,
-                         LIFParameters, LIParameters, Lift, SequentialState)
+                         LIFParameters, LIFRecurrentCell, LIParameters, Lift, SequentialState)
 from norse.torch.models.conv import ConvNet
 
 T, N = 2, 2
@@ -128,6 +129,26 @@ class BoxNet(nn.Module):
         return torch.stack(outs)
 
 
+class RecurrentMLP(nn.Module):
+    """The MNIST tutorial's layout: a ``LIFRecurrentCell`` layer (input and recurrent weights inside), then
+    ``Linear`` into an ``LICell`` read-out; the time loop in ``forward``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = LIFRecurrentCell(12, 16, p=FAST)
+        self.fc_out = nn.Linear(16, 4, bias=False)
+        self.out = LICell(READOUT)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s1 = so = None
+        voltages = []
+        for ts in range(x.shape[0]):
+            z, s1 = self.l1(x[ts], s1)
+            vo, so = self.out(self.fc_out(z), so)
+            voltages += [vo]
+        return torch.stack(voltages)
+
+
 def step_mlp() -> SequentialState:
     """Single-step: one call is one time step, the user carries the state (``model(x[t], state)``)."""
     return SequentialState(nn.Linear(12, 16), LIFCell(FAST), nn.Linear(16, 16), LIFCell(FAST),
@@ -154,4 +175,5 @@ NETS = {  # name: (builder, input shape, single-step)
     "tutorial_mlp": (TutorialMLP, (T, N, 1, 4, 4), False),
     "box_net": (BoxNet, (T, N, 1, 8, 8), False),
     "step_mlp": (step_mlp, (T, N, 12), True),
+    "recurrent_mlp": (RecurrentMLP, (T, N, 12), False),
 }

@@ -122,6 +122,11 @@ class FrameworkAdapter:
         """Where the spikes are in ``out``, what one call of ``m`` returned: ``None`` (``out`` itself) or an item."""
         return None
 
+    def spike_shape(self, m: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of ``m``'s spikes for an input of ``input_shape``: the same, unless the neuron holds its
+        input weights (Norse's ``LIFRecurrentCell``)."""
+        return input_shape
+
     def batch_dims(self, m: nn.Module) -> int:
         """How many leading dims of ``m``'s input are batch/time (2: ``[T, N, …]``, 1: ``[N, …]``)."""
         return 1

@@ -21,6 +21,7 @@ built on first use (module ``__getattr__`` builds them for unpickling too).
 from __future__ import annotations
 
 import inspect
+import math
 import operator
 import sys
 from collections import OrderedDict
@@ -32,6 +33,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from ..errors import UnsupportedPatternError
 from ..spiking import AMPLITUDE_ATTR, AmplitudeNeuron
 from .base import FrameworkAdapter, Refusal, register
 
@@ -59,7 +61,7 @@ def _norse() -> SimpleNamespace:
     from norse.torch.functional.leaky_integrator_box import LIBoxState
     from norse.torch.module.leaky_integrator import LI, LICell, LILinearCell
     from norse.torch.module.leaky_integrator_box import LIBoxCell
-    from norse.torch.module.lif import LIF, LIFCell
+    from norse.torch.module.lif import LIF, LIFCell, LIFRecurrent, LIFRecurrentCell
     from norse.torch.module.lif_box import LIFBoxCell
 
     def ternary_lif_step(input_tensor, state, p, dt=0.001):
@@ -105,11 +107,15 @@ def _norse() -> SimpleNamespace:
     readouts = (LI, LICell, LIBoxCell, LILinearCell)
     return SimpleNamespace(
         LIF=LIF, LIFCell=LIFCell, LIFBoxCell=LIFBoxCell, SNN=snn.SNN, readouts=readouts,
-        stateful=spiking + (LILinearCell,), spiking=spiking, neurons=(LIFCell, LIF, LIFBoxCell),
+        stateful=spiking + (LILinearCell,), spiking=spiking,
+        neurons=(LIFCell, LIF, LIFBoxCell, LIFRecurrentCell, LIFRecurrent), recurrent=(LIFRecurrentCell, LIFRecurrent),
+        sequences=(snn.SNN, snn.SNNRecurrent),
         ternary=ternaries, ternary_of=dict(zip((LIFCell, LIF, LIFBoxCell), ternaries)),
-        steps={lif_f.lif_feed_forward_step, box_f.lif_box_feed_forward_step, ternary_lif_step, ternary_box_step},
+        steps={lif_f.lif_feed_forward_step, box_f.lif_box_feed_forward_step, lif_f.lif_step, ternary_lif_step,
+               ternary_box_step},
         reset_value=reset_value, reset_subtract=reset_subtract,
         LIFFeedForwardState=lif_f.LIFFeedForwardState, LIFBoxFeedForwardState=box_f.LIFBoxFeedForwardState,
+        LIFState=lif_f.LIFState,
         LIState=LIState, LIBoxState=LIBoxState, LILinearCell=LILinearCell, LIBoxCell=LIBoxCell,
     )
 
@@ -175,8 +181,13 @@ class LoweredNorseNeuron(nn.Module):
     single-step model run on the time-flattened batch ``[T·N, …]`` (``time_steps=T``) loop
     over time.
 
+    ``LIFRecurrentCell``/``LIFRecurrent`` (``lif_step``) hold their input and recurrent
+    weights: ``i + W_in·x + W_rec·z`` with the previous step's spikes ``z``, which the state
+    carries (binary: an amplitude scales only what the neuron returns).
+
     Args:
-        m: the deploy neuron (``LIFCell``, ``LIF``, ``LIFBoxCell`` or a ternary twin).
+        m: the deploy neuron (``LIFCell``, ``LIF``, ``LIFBoxCell``, ``LIFRecurrentCell``,
+            ``LIFRecurrent`` or a ternary twin).
         time_steps: ``None``, or ``T`` when the input is ``[T·N, …]`` (see above).
     """
 
@@ -185,7 +196,8 @@ class LoweredNorseNeuron(nn.Module):
         ns = _norse()
         p = m.p
         self.box = isinstance(m, ns.LIFBoxCell)
-        self.sequence = isinstance(m, ns.SNN)
+        self.recurrent = isinstance(m, ns.recurrent)
+        self.sequence = isinstance(m, ns.sequences)
         self.ternary = isinstance(m, ns.ternary)
         self.time_steps = None if self.sequence else time_steps
         self.subtract = self.box and p.reset_method is ns.reset_subtract
@@ -199,43 +211,52 @@ class LoweredNorseNeuron(nn.Module):
                 self.register_buffer("syn", constant(-m.dt * p.tau_syn_inv))  # Norse's -dt * p.tau_syn_inv
             for key in ("v_leak", "v_th", "v_reset"):
                 self.register_buffer(key, constant(getattr(p, key)))
+            if self.recurrent:
+                self.register_buffer("input_weights", constant(m.input_weights))
+                self.register_buffer("recurrent_weights", constant(m.recurrent_weights))
         self.fire = (NorseTernarySpikes if self.ternary else NorseSpikes)(self.v_th)
 
-    def step(self, x: torch.Tensor, v: torch.Tensor, i: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        """One step: ``(h, v, i)``, the membrane it fires on and the next state, in Norse's operation order."""
+    def step(self, x: torch.Tensor, v: torch.Tensor, i: torch.Tensor | None,
+             z: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """One step: ``(h, v, i, z)``, the membrane it fires on and the next state, in Norse's operation order."""
         if self.box:
             h = v + self.mem * (x + self.v_leak - v)
             i_decayed = None
         else:
-            i_new = i + x
+            if self.recurrent:  # lif_step: i + W_in·x + W_rec·z
+                i_new = i + nn.functional.linear(x, self.input_weights) + nn.functional.linear(z, self.recurrent_weights)
+            else:
+                i_new = i + x
             h = v + self.mem * ((self.v_leak - v) + i_new)
             i_decayed = i_new + self.syn * i_new
         positive = (h > self.v_th).to(h.dtype)  # the spikes' values
+        if self.recurrent:
+            return h, (1 - positive) * h + positive * self.v_reset, i_decayed, positive
         if not self.ternary:
             if self.subtract:  # reset_subtract
-                return h, (1 - positive) * h + positive * (h - self.v_th), i_decayed
-            return h, (1 - positive) * h + positive * self.v_reset, i_decayed
+                return h, (1 - positive) * h + positive * (h - self.v_th), i_decayed, None
+            return h, (1 - positive) * h + positive * self.v_reset, i_decayed, None
         negative = (-h > self.v_th).to(h.dtype)
         if self.subtract:
-            return h, h - (positive - negative) * self.v_th, i_decayed
+            return h, h - (positive - negative) * self.v_th, i_decayed, None
         fired = positive + negative
-        return h, (1 - fired) * h + fired * self.v_reset, i_decayed
+        return h, (1 - fired) * h + fired * self.v_reset, i_decayed, None
 
     def forward(self, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
-        if state is None:  # Norse's initial state: v = v_leak, i = 0 (broadcast: the same values)
+        xs = x if self.sequence else x.reshape(self.time_steps, -1, *x.shape[1:]) if self.time_steps else x[None]
+        if state is None:  # Norse's initial state: v = v_leak, i = 0 (broadcast: the same values), z = 0
             v, i = self.v_leak, torch.zeros((), dtype=torch.float32, device=x.device)
+            z = xs.new_zeros((*xs.shape[1:-1], self.recurrent_weights.shape[0])) if self.recurrent else None
         else:
-            v, i = state.v, getattr(state, "i", None)
-        if self.sequence or self.time_steps is not None:
-            xs = x if self.sequence else x.reshape(self.time_steps, -1, *x.shape[1:])
-            hs = []
-            for t in range(xs.shape[0]):
-                h, v, i = self.step(xs[t], v, i)
-                hs.append(h)
-            h = torch.stack(hs).reshape(x.shape)
-        else:
-            h, v, i = self.step(x, v, i)
+            v, i, z = state.v, getattr(state, "i", None), getattr(state, "z", None)
+        hs = []
+        for t in range(xs.shape[0]):
+            h, v, i, z = self.step(xs[t], v, i, z)
+            hs.append(h)
+        h = torch.stack(hs) if self.sequence else torch.cat(hs) if self.time_steps else hs[0]
         ns = _norse()
+        if self.recurrent:
+            return h, ns.LIFState(z=z, v=v, i=i)
         return h, ns.LIFBoxFeedForwardState(v=v) if self.box else ns.LIFFeedForwardState(v=v, i=i)
 
     def extra_repr(self) -> str:
@@ -358,8 +379,8 @@ class NorseAdapter(FrameworkAdapter):
         return _loaded() and isinstance(m, _norse().neurons)
 
     def not_neuron_reason(self, m: nn.Module) -> str:
-        return (f"{type(m).__name__} is a Norse neuron sj_realspike does not support (LIFCell, LIF and "
-                "LIFBoxCell are), so its spikes stay binary")
+        return (f"{type(m).__name__} is a Norse neuron sj_realspike does not support (LIFCell, LIF, LIFBoxCell, "
+                "LIFRecurrentCell and LIFRecurrent are), so its spikes stay binary")
 
     def conversion_problem(self, m: nn.Module) -> str | None:
         if getattr(m.p, "method", None) == "adjoint":
@@ -377,11 +398,16 @@ class NorseAdapter(FrameworkAdapter):
     def batch_dims(self, m: nn.Module) -> int:
         return 2 if self.step_mode(m) == "m" else 1
 
+    def spike_shape(self, m: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if isinstance(m, _norse().recurrent):  # W_in inside: [..., input_size] -> [..., hidden_size]
+            return (*input_shape[:-1], int(m.hidden_size))
+        return input_shape
+
     def amplitude_mixin(self, m: nn.Module) -> type:
         return NorseAmplitudeNeuron
 
     def step_mode(self, m: nn.Module) -> str:
-        return "m" if isinstance(m, _norse().SNN) else "s"
+        return "m" if isinstance(m, _norse().sequences) else "s"
 
     # ------------------------------------------------------------- model calls
     def thread_state(self, gm: Any) -> None:
@@ -493,6 +519,13 @@ class NorseAdapter(FrameworkAdapter):
                 if isinstance(m, _norse().readouts):  # read-outs keep state: lowered alike
                     parent, _, name = path.rpartition(".")
                     setattr(gm.get_submodule(parent) if parent else gm, name, LoweredNorseReadout(m, steps))
+                elif steps is not None and isinstance(m, _norse().stateful):
+                    # The time-flattened batch would run it once, from a fresh state, for all T steps.
+                    raise UnsupportedPatternError(
+                        path, f"{type(m).__name__} keeps state but has no export lowering, and this single-step "
+                              "model is exported on the time-flattened sequence [T*N, ...], where it would run "
+                              "from a fresh state at every step",
+                        "Loop over time inside forward (each call then gets its state) or use LIFCell/LIFBoxCell")
         for node in list(graph.nodes):
             low = modules.get(node.target) if node.op == "call_module" else None
             if not isinstance(low, LoweredNorseNeuron):
@@ -520,7 +553,17 @@ class NorseAdapter(FrameworkAdapter):
         return LoweredNorseNeuron(m) if self.lowering_problem(m) is None else None
 
     def make_dyadic(self, m: nn.Module) -> None:
-        """Dyadic integration constants: ``dt = 2⁻¹⁰``, ``dt · tau_mem_inv = dt · tau_syn_inv = 1/2``."""
+        """Dyadic integration constants (``dt = 2⁻¹⁰``, ``dt · tau_mem_inv = dt · tau_syn_inv = 1/2``) and weights.
+
+        The weights a Norse module holds itself (``LILinearCell``, ``LIFRecurrentCell``) are
+        rounded to a power-of-two grid near their init scale, like conv/linear weights.
+        """
+        with torch.no_grad():
+            for key in ("input_weights", "recurrent_weights"):
+                w = getattr(m, key, None)
+                if isinstance(w, torch.Tensor) and w.dim() == 2:
+                    step = 2.0 ** round(math.log2(1.0 / math.sqrt(w.shape[1])))
+                    w.copy_((w / step).round().clamp(-2, 2) * step)
         if not hasattr(m, "p") or not hasattr(m, "dt") or not hasattr(m.p, "tau_mem_inv"):
             return
         m.dt = 2.0 ** -10
@@ -546,6 +589,9 @@ class NorseAdapter(FrameworkAdapter):
         if not self.is_neuron(m):
             raise Refusal(f"{type(m).__name__} has no NIR neuron model in sj_realspike (LIFCell, LIF and "
                           "LIFBoxCell have)", f"Use ONNX ({_ONNX_REMEDY})")
+        if isinstance(m, _norse().recurrent):
+            raise Refusal("its input and recurrent weights live inside the neuron, which NIR's CubaLIF does not "
+                          "hold", f"Use LIFCell after a Linear layer, or ONNX ({_ONNX_REMEDY})")
         p = m.p
         if getattr(p, "reset_method", None) is _norse().reset_subtract:
             raise Refusal("it resets by subtraction; NIR neurons reset to v_reset", f"Use ONNX ({_ONNX_REMEDY})")

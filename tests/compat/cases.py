@@ -17,7 +17,8 @@ import torch.nn as nn
 T, N = 2, 2
 
 # Neuron fractions are summed per family in the summary line of docs/compatibility.md.
-FAMILIES = ("transformers", "MS-ResNets", "SeqToANNContainer/SEW", "neuron types", "others", "snnTorch")
+FAMILIES = ("transformers", "MS-ResNets", "SeqToANNContainer/SEW", "neuron types", "others", "snnTorch",
+            "Norse")
 
 
 @dataclass(frozen=True)

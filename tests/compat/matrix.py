@@ -12,7 +12,8 @@ Three tables, written to docs/compatibility.md with a per-family summary line on
 - ``wild``: networks written by others (`wild_cases.WILD_CASES`: tests/wild.py, SpikingJelly's
   example scripts, every SpikingJelly neuron type swapped into a small conv net), same settings;
 - ``zoo``: 10 zoo models × IF/LIF/PLIF × real/ternary × layer/channel/element × step modes;
-- ``snntorch``: snnTorch's tutorial networks (`snntorch_cases.SNNTORCH_CASES`), same settings as ``wild``.
+- ``snntorch``: snnTorch's tutorial networks (`snntorch_cases.SNNTORCH_CASES`), same settings as ``wild``;
+- ``norse``: Norse's conv and MLP examples (`norse_cases.NORSE_CASES`), same settings as ``wild``.
 
     python tests/compat/matrix.py --out docs/compatibility.md [--tables models wild zoo] [--step-modes m s] [--jobs 2]
                                   [--zoo-sample K]
@@ -51,8 +52,10 @@ from spikingjelly.activation_based.model import (ms_resnet, parametric_lif_net, 
 import sj_realspike as rs
 from cases import FAMILIES, Case
 from sj_realspike.atomic import atomic_write
+from sj_realspike.frameworks import run_steps
 from sj_realspike.layout import stack_steps
 from sj_realspike.testing import make_dyadic
+from norse_cases import NORSE_CASES
 from snntorch_cases import SNNTORCH_CASES
 from wild_cases import NOT_SWAPPED, WILD_CASES
 from zoo_models import MODEL_CASES
@@ -73,8 +76,9 @@ MODELS = {
 }
 CASES: dict[str, dict[str, Case]] = {"models": {c.name: c for c in MODEL_CASES},
                                      "wild": {c.name: c for c in WILD_CASES},
-                                     "snntorch": {c.name: c for c in SNNTORCH_CASES}}
-TABLES = ("models", "wild", "snntorch", "zoo")  # the order they run in and appear in
+                                     "snntorch": {c.name: c for c in SNNTORCH_CASES},
+                                     "norse": {c.name: c for c in NORSE_CASES}}
+TABLES = ("models", "wild", "snntorch", "norse", "zoo")  # the order they run in and appear in
 
 
 @dataclass
@@ -130,7 +134,7 @@ def run_cell(cell: Cell, workdir: Path) -> Cell:
         conversion = rs.conversion_report(model)
         cell.converted, cell.total = len(conversion.converted), conversion.total
         cell.skipped = skipped_note([s.reason for s in conversion.skipped])
-        out = stack_steps([model(xt) for xt in sequence]) if steps else model(example)
+        out = stack_steps(run_steps(model, sequence)) if steps else model(example)  # state carried as its framework does
         if backward:  # a training step's gradients, through amplitudes and surrogates
             sum(t.sum() for t in _tensors(out)).backward()
         make_dyadic(model, example)
@@ -297,6 +301,20 @@ def to_markdown(results: list[Cell], expected: dict[str, int]) -> str:
                   "|---|---|---|---|---|---|---|"]
         for c in by_table["snntorch"]:
             case = CASES["snntorch"][c.model]
+            lines.append(f"| {c.model} | {case.source} | {case.config.replace('|', '/')} | {case.neuron} | "
+                         f"{_counts(c)} | {c.status} | {_notes(c)} |")
+        lines.append("")
+    if by_table["norse"]:
+        lines += header("norse", "Norse: its conv and MLP examples")
+        lines += ["Norse's own models (`norse.torch.models.conv`, the MNIST task), the MNIST tutorial's network and "
+                  "the quick-start's `SequentialState` idioms, with Norse's default parameters, T=2, N=2; cell loops "
+                  "in `forward` run as written, single-step models are stepped as `out, state = model(x[t], state)` "
+                  "and exported over the whole [T, N, ...] sequence. Real spikes, channel granularity. Tests with "
+                  "ternary twins, layer/element granularity and bit-exact folds: tests/test_norse.py.", "",
+                  "| network | source | what it exercises | neuron | converted / total | result | notes |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in by_table["norse"]:
+            case = CASES["norse"][c.model]
             lines.append(f"| {c.model} | {case.source} | {case.config.replace('|', '/')} | {case.neuron} | "
                          f"{_counts(c)} | {c.status} | {_notes(c)} |")
         lines.append("")

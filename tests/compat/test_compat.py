@@ -4,7 +4,7 @@ Zoo cells at full size across neuron types, spike kinds, granularities and step 
 one network per idiom that others write, each with its exact conversion count: a spiking
 transformer, an MS-ResNet, a SeqToANNContainer SEW-ResNet, a user time loop, an image input
 repeated inside ``forward``, and SEW's AND/IAND connections (products of spikes fold; IAND's
-``1 - y`` blocks ``y``); and three of snnTorch's tutorial networks.
+``1 - y`` blocks ``y``); three of snnTorch's tutorial networks; four of Norse's examples and its refusal of an unlowered stateful cell in a single-step model.
 """
 
 from __future__ import annotations
@@ -53,6 +53,15 @@ SNNTORCH_NETWORKS = [  # (row, neurons converted, neurons found): each last laye
 ]
 
 
+_RELU = "1 neuron(s) skipped: 1× relu consumes scaled spikes but is not linear in them (or not supported)"
+NORSE_NETWORKS = [  # (row, neurons converted, neurons found, skip reasons)
+    ("convnet", 2, 3, _RELU),  # Norse's own ConvNet: cell loop, voltages[ts] = v; relu before its LILinearCell
+    ("tutorial_recurrent", 1, 1, ""),  # the MNIST tutorial: LIFRecurrentCell, Linear, LICell, max over time
+    ("lifted_mlp", 1, 1, ""),  # SequentialState(Lift(Linear), LIF(), Lift(Linear)) on [T, N, 10]
+    ("stepped_mlp", 1, 1, ""),  # SequentialState(Linear, LIFCell(), Linear), stepped with its state
+]
+
+
 def _cell(table: str, name: str) -> Cell:
     case = CASES[table][name]
     return Cell(name, case.neuron, "real", "channel", "s" if case.single_step else "m", table=table)
@@ -90,3 +99,20 @@ def test_snntorch_tutorial_network_passes_with_exact_counts(name, converted, tot
     assert result.status == "pass", result.note
     assert (result.converted, result.total) == (converted, total)
     assert result.skipped.startswith("1 neuron(s) skipped: 1× ")  # the output layer, its spikes are the output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, converted, total, skipped", NORSE_NETWORKS, ids=[n[0] for n in NORSE_NETWORKS])
+def test_norse_example_network_passes_with_exact_counts(name, converted, total, skipped, tmp_path):
+    pytest.importorskip("norse")
+    result = run_cell(_cell("norse", name), tmp_path)
+    assert result.status == "pass", result.note
+    assert (result.converted, result.total) == (converted, total)
+    assert result.skipped == skipped
+
+
+def test_norse_single_step_model_with_an_unlowered_stateful_cell_is_refused_naming_it(tmp_path):
+    pytest.importorskip("norse")
+    result = run_cell(_cell("norse", "lsnn"), tmp_path)
+    assert result.status == "refused" and "node '3'" in result.note and "LSNNRecurrentCell keeps state" in result.note
+    assert (result.converted, result.total) == (1, 2)
