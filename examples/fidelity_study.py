@@ -1,7 +1,8 @@
 """Does Real Spike / Ternary Spike beat the vanilla SNN here, and is the deployed network the trained one?
 
 Runs the digits demo pipeline (`sj_realspike.demo`: train, fold, export to ONNX, run in
-onnxruntime) over time steps × seeds × the five variants, and writes
+onnxruntime) over time steps × seeds × the five variants of the plain net (the SEW
+variants are `examples/tie_study.py`'s), and writes
 
 * ``results/fidelity.md``: test accuracy (mean ± std over seeds), the paired difference
   to the vanilla SNN (same seed: same initial weights and batches), and the agreement
@@ -28,13 +29,15 @@ import numpy as np
 import torch
 
 from sj_realspike.demo import (
-    VARIANTS,
+    VARIANTS as ALL_VARIANTS,
     Digits,
     VariantResult,
     load_digits_split,
     run_variant,
 )
 from sj_realspike.report import format_table
+
+VARIANTS = tuple(v for v in ALL_VARIANTS if not v.residual)  # paired with the plain vanilla net
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,15 @@
-"""The whole story on real data: train five spike variants, fold, export, run in onnxruntime.
+"""The whole story on real data: train the spike variants, fold, export, run in onnxruntime.
 
 ``sj-realspike demo`` (or ``python -m sj_realspike.demo``) trains the same small
 SpikingJelly conv SNN on scikit-learn's bundled handwritten digits (1,797 real 8×8
 images, no download) as a vanilla binary SNN, as Real Spike with layer-, channel- and
-element-wise amplitudes, and as Ternary Spike. Each trained model is folded into its
-binary/ternary deploy form, exported to ONNX and run on the test set in onnxruntime;
-one table compares trained, deploy and ONNX results, and a PNG shows the learned amplitudes and spike rates.
+element-wise amplitudes, and as Ternary Spike; and a variant of it with a SEW ``ADD``
+residual block as Real Spike with channel amplitudes, once untied (the conv after the
+block gets one scaled copy per addend) and once with ``tie_summed`` (one amplitude for
+the residual stream: the deploy model has the plain network's convs). Each trained
+model is folded into its binary/ternary deploy form, exported to ONNX and run on the
+test set in onnxruntime; one table compares trained, deploy and ONNX results, and a PNG
+shows the learned amplitudes and spike rates.
 
 Every variant starts from the same initial weights (amplitudes start at 1, where Real
 Spike *is* the vanilla SNN) and sees the same batches, so the rows differ only by the
@@ -61,11 +65,17 @@ logger = logging.getLogger("sj_realspike.demo")  # also when run as __main__ (py
 
 @dataclass(frozen=True)
 class Variant:
-    """One row of the demo: ``spike=None`` is the unconverted (vanilla binary) network."""
+    """One row of the demo: ``spike=None`` is the unconverted (vanilla binary) network.
+
+    ``residual`` builds `make_net` with a SEW ``ADD`` block; ``tie_summed`` is
+    `convert_model`'s option of the same name.
+    """
 
     name: str
     spike: str | None = None
     granularity: str | None = None
+    residual: bool = False
+    tie_summed: bool = False
 
 
 VARIANTS: tuple[Variant, ...] = (
@@ -75,6 +85,8 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("real-element", "real", "element"),
     # The Ternary Spike paper learns one amplitude per layer.
     Variant("ternary", "ternary", "layer"),
+    Variant("sew-real-channel", "real", "channel", residual=True),
+    Variant("sew-real-channel-tied", "real", "channel", residual=True, tie_summed=True),
 )
 
 
@@ -110,31 +122,49 @@ def encode(images: torch.Tensor, T: int) -> torch.Tensor:
     return images.unsqueeze(0).repeat(T, *([1] * images.dim()))
 
 
-def make_net() -> nn.Module:
+def _lif() -> neuron.LIFNode:
+    return neuron.LIFNode(tau=2.0, surrogate_function=surrogate.ATan(), detach_reset=True)
+
+
+class _SewBlock(nn.Module):
+    """SEW ``ADD`` residual block: ``s + LIF(BN(conv(s)))``, the sum of two spike trains."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = layer.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn = layer.BatchNorm2d(channels)
+        self.sn = _lif()
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return s + self.sn(self.bn(self.conv(s)))
+
+
+def make_net(residual: bool = False) -> nn.Module:
     """conv-BN-LIF (8×8) → strided conv-BN-LIF (4×4) → avg-pool → flatten → linear, multi-step.
 
     The first downsampling is a strided conv rather than a pooling layer so that every
     granularity folds everywhere: an element-wise amplitude cannot pass max pooling,
-    and after average pooling only a Linear can absorb it.
+    and after average pooling only a Linear can absorb it. ``residual`` adds a SEW
+    ``ADD`` block (`_SewBlock`) after the first layer, so the strided conv reads the sum
+    of two neurons' spikes.
     """
-    def lif() -> neuron.LIFNode:
-        return neuron.LIFNode(tau=2.0, surrogate_function=surrogate.ATan(), detach_reset=True)
-
-    net = nn.Sequential(OrderedDict(
-        conv1=layer.Conv2d(1, 16, 3, padding=1, bias=False), bn1=layer.BatchNorm2d(16), sn1=lif(),
-        conv2=layer.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), bn2=layer.BatchNorm2d(32), sn2=lif(),
-        pool=layer.AvgPool2d(2), flatten=layer.Flatten(), fc=layer.Linear(32 * 2 * 2, 10),
-    ))
+    first = OrderedDict(conv1=layer.Conv2d(1, 16, 3, padding=1, bias=False), bn1=layer.BatchNorm2d(16),
+                        sn1=_lif())
+    rest = OrderedDict(
+        conv2=layer.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), bn2=layer.BatchNorm2d(32), sn2=_lif(),
+        pool=layer.AvgPool2d(2), flatten=layer.Flatten(), fc=layer.Linear(32 * 2 * 2, 10))
+    net = nn.Sequential(OrderedDict({**first, **({"block": _SewBlock(16)} if residual else {}), **rest}))
     functional.set_step_mode(net, "m")
     return net
 
 
 def build_model(variant: Variant, example_input: torch.Tensor) -> nn.Module:
     """`make_net`, converted as ``variant`` asks (the vanilla variant stays unconverted)."""
-    net = make_net()
+    net = make_net(variant.residual)
     if variant.spike is None:
         return net
-    return convert_model(net, example_input, spike=variant.spike, granularity=variant.granularity)
+    return convert_model(net, example_input, spike=variant.spike, granularity=variant.granularity,
+                         tie_summed=variant.tie_summed)
 
 
 def train(model: nn.Module, data: Digits, T: int, epochs: int, seed: int, *, batch_size: int = 64,
@@ -350,7 +380,7 @@ def plot_results(results: list[VariantResult], path: Path, title: str) -> None:
     """Two panels: learned amplitudes per layer and variant (dots), spike rates per layer (bars)."""
     from matplotlib.figure import Figure
 
-    layers = list(results[0].layer_rates)
+    layers = list(dict.fromkeys(name for r in results for name in r.layer_rates))
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     amp_ax, rate_ax = fig.subplots(1, 2)
     with_amps = [r for r in results if r.amplitudes]
@@ -373,7 +403,7 @@ def plot_results(results: list[VariantResult], path: Path, title: str) -> None:
     width = 0.8 / len(results)
     for j, r in enumerate(results):
         x = np.arange(len(layers)) - 0.4 + width * (j + 0.5)
-        rate_ax.bar(x, [r.layer_rates[name] for name in layers], width, color=f"C{j}", label=r.name)
+        rate_ax.bar(x, [r.layer_rates.get(name, 0.0) for name in layers], width, color=f"C{j}", label=r.name)
     rate_ax.set_xticks(range(len(layers)), layers)
     rate_ax.set_ylabel("spike rate (non-zero outputs per neuron and step)")
     rate_ax.set_title("spike rate per layer (test set)")
@@ -406,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="initial weights and batch order (the train/test split is fixed)")
     parser.add_argument("--out", type=Path, default=Path("demo_out"),
                         help="directory for the ONNX files and the PNG (default ./demo_out)")
+    parser.add_argument("--variants", nargs="+", choices=[v.name for v in VARIANTS], metavar="NAME",
+                        help="run only these rows (default: all of " + ", ".join(v.name for v in VARIANTS) + ")")
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a one-line argument error (2): a status, as documented
@@ -438,11 +470,12 @@ def _run(args: argparse.Namespace) -> None:
           f"{epochs} epochs, seed {args.seed}")
     start = time.perf_counter()
     results = []
-    bar = tqdm(VARIANTS, desc="variants", unit="variant", disable=None)
+    variants = [v for v in VARIANTS if args.variants is None or v.name in args.variants]
+    bar = tqdm(variants, desc="variants", unit="variant", disable=None)
     for i, variant in enumerate(bar):
         if bar.disable:  # not a terminal: a line per variant instead of the bar
             logger.info("variant %d/%d: %s (train, fold, export to ONNX, run in onnxruntime)",
-                        i + 1, len(VARIANTS), variant.name)
+                        i + 1, len(variants), variant.name)
         results.append(run_variant(variant, data, args.time_steps, epochs, args.seed, args.out,
                                    latency_samples=10 if args.quick else 100))
     print()
@@ -452,7 +485,10 @@ def _run(args: argparse.Namespace) -> None:
           "spikes flipped (a membrane within float32 rounding of the\nthreshold fires in one model and not "
           "the other). spike rate: non-zero neuron outputs per neuron and step.\nenergy: synaptic energy per "
           "test sample at 45 nm (0.9 pJ per accumulate, 4.6 pJ per multiply-accumulate): amplitude-scaled\n"
-          "spikes cost a MAC per non-zero input and weight, folded binary/ternary spikes an AC.")
+          "spikes cost a MAC per non-zero input and weight, folded binary/ternary spikes an AC.\nsew-*: the net "
+          "with a SEW ADD block, so the strided conv reads the sum of two neurons' spikes: untied, fold gives\nthat "
+          "conv one scaled copy per addend (more deploy parameters); tied (tie_summed), the two neurons share one "
+          "amplitude\nand the deploy model has the plain net's convs.")
     png = args.out / "amplitudes_and_rates.png"
     plot_results(results, png, f"digits, T={args.time_steps}, {epochs} epochs, seed {args.seed}")
     print(f"\nwrote {png} and {len(results)} ONNX models to {args.out}/ in {time.perf_counter() - start:.0f} s")

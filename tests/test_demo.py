@@ -59,10 +59,20 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
         else:  # folding turns the MACs of amplitude-scaled spikes into ACs: 4.6 pJ -> 0.9 pJ each
             assert before > after > 0, row
     # Element-wise amplitudes into the strided conv become an unshared conv: more parameters.
-    assert int(rows["real-element"]["params trained -> deploy"].split(" -> ")[1].replace(",", "")) > 50_000
+    deploy_params = {name: int(row["params trained -> deploy"].split(" -> ")[1].replace(",", ""))
+                     for name, row in rows.items()}
+    assert deploy_params["real-element"] > 50_000
+    # The strided conv reads a SEW sum of two spike trains: two scaled copies untied, one tied.
+    conv2 = 32 * 16 * 3 * 3
+    assert deploy_params["sew-real-channel"] == deploy_params["sew-real-channel-tied"] + conv2
 
     assert (tmp_path / "amplitudes_and_rates.png").stat().st_size > 10_000
     assert sorted(p.stem for p in tmp_path.glob("*.onnx")) == sorted(v.name for v in demo.VARIANTS)
+
+
+def test_variants_option_names_the_rows(capsys):
+    assert demo.main(["--variants", "real-channel", "nope"]) == 2
+    assert "argument --variants: invalid choice: 'nope'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("variant", demo.VARIANTS[1:], ids=lambda v: v.name)
@@ -70,7 +80,7 @@ def test_variants_start_from_the_vanilla_weights(variant):
     """Same seed, same initial weights: with amplitudes at 1 Real Spike computes exactly the vanilla SNN."""
     x = demo.encode(demo.load_digits_split().test_x[:16], T=4)
     torch.manual_seed(0)
-    vanilla = demo.build_model(demo.VARIANTS[0], x).eval()
+    vanilla = demo.build_model(demo.Variant("vanilla", residual=variant.residual), x).eval()
     torch.manual_seed(0)
     model = demo.build_model(variant, x).eval()
     for key, value in vanilla.state_dict().items():

@@ -3,7 +3,7 @@
 Python blocks share one namespace (one process: this one), bash blocks run with ``bash -e``
 in the same directory. The two fresh-machine commands install the package (it is installed
 here) and run the demo and the whole suite: while the README says exactly those commands,
-they run in a reduced form (the demo with ``--quick``; pytest only collects: never the suite
+they run in a reduced form (the demo with ``--quick`` and one variant; pytest only collects: never the suite
 from inside itself). Nothing in the README text is edited.
 """
 
@@ -22,7 +22,9 @@ BLOCK = re.compile(r"^```(python|bash)\n(.*?)^```$", re.S | re.M)
 
 # documented fresh-machine command -> (what runs instead, where)
 FRESH = {
-    "python -m pip install -e '.[demo]' && sj-realspike demo\n": ("sj-realspike demo --quick --out demo_out\n", None),
+    # test_demo runs every variant of the demo; here the console script runs one, end to end.
+    "python -m pip install -e '.[demo]' && sj-realspike demo\n": (
+        "sj-realspike demo --quick --variants real-channel --out demo_out\n", None),
     "python -m pip install -e '.[dev]' && python -m pytest -q\n": ("python -m pytest -q --collect-only\n", REPO),
 }
 
