@@ -1,4 +1,4 @@
-"""Fuzzing convert → train → fold → export on random SpikingJelly architectures.
+"""Fuzzing convert → train → fold → export on random SpikingJelly (or Norse) architectures.
 
 Every generated network must end in one of two ways:
 
@@ -12,7 +12,9 @@ Every generated network must end in one of two ways:
 Anything else (another exception, a mismatch, an impure spike) is a bug and is
 reported with the seed that reproduces it.
 
-Usage: python bench/fuzz.py --n 500 [--start 0]
+Usage: python bench/fuzz.py --n 500 [--start 0] [--framework spikingjelly|norse]
+
+``--framework norse`` draws Norse networks in Norse's three styles (`fuzz_norse`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional, layer, neuron
 
 import sj_realspike as rs
+from sj_realspike.frameworks import reset, run_steps
+from sj_realspike.layout import stack_steps
 from sj_realspike.testing import assert_exact_in_fp32, make_dyadic, run, spike_values
 
 NEURON_FACTORIES = {
@@ -159,29 +163,44 @@ def random_spec(seed: int) -> Spec:
     batch_dims = 2 if step_mode == "m" else 1
     net = FuzzNet(program, mods, batch_dims)
     functional.set_step_mode(net, step_mode)
-    named = (r.choice(neurons), r.choice(["layer", "channel", "element"])) if r.random() < 0.3 else None
+    named = (f"mods.{r.choice(neurons)}", r.choice(["layer", "channel", "element"])) if r.random() < 0.3 else None
     return Spec(net, step_mode, (2, 2, 3, size, size), r.choice(["real", "ternary"]),
                 r.choice(["layer", "channel", "element"]), named)
 
 
-def run_case(seed: int) -> tuple[str, str]:
+def random_norse_spec(seed: int) -> Spec:
+    """A random Norse network (`fuzz_norse`): lifted layers with LIF, cell loops, or a stepped SequentialState."""
+    from fuzz_norse import random_norse_net
+
+    r = random.Random(seed)
+    size = r.choice([8, 12])
+    net, style, neurons = random_norse_net(r, size)
+    named = (r.choice(neurons), r.choice(["layer", "channel", "element"])) if r.random() < 0.3 else None
+    return Spec(net, "s" if style == "step" else "m", (2, 2, 3, size, size), r.choice(["real", "ternary"]),
+                r.choice(["layer", "channel", "element"]), named)
+
+
+SPECS = {"spikingjelly": random_spec, "norse": random_norse_spec}
+
+
+def run_case(seed: int, framework: str = "spikingjelly") -> tuple[str, str]:
     """(outcome, detail) for one seed: 'exact', 'refused' or 'BUG'."""
     torch.manual_seed(seed)
-    spec = random_spec(seed)
+    spec = SPECS[framework](seed)
     steps = spec.step_mode == "s"
     x = torch.randint(0, 9, spec.shape).float() / 4
     example = x[0] if steps else x
     config = rs.SpikeConfig()
     if spec.named:
-        config.set_name(f"mods.{spec.named[0]}", rs.SpikeSpec(granularity=spec.named[1]))
+        config.set_name(spec.named[0], rs.SpikeSpec(granularity=spec.named[1]))
     try:
         model = rs.convert_model(spec.net, example, spike=spec.spike, granularity=spec.granularity, config=config)
     except rs.UnsupportedPatternError as e:
         return "refused", f"convert: {e.node}: {e.reason}"
     model.train()
-    out = torch.stack([model(xt) for xt in x]) if steps else model(x)
+    out = stack_steps(run_steps(model, x)) if steps else model(x)  # a stepped Norse model carries its state
     out.sum().backward()
-    functional.reset_net(model)
+    reset(model)
     make_dyadic(model, example, seed=seed)
     amplitudes = list(rs.amplitude_parameters(model))
     if amplitudes and seed % 5 == 0:  # a negative entry anywhere, also before max pooling
@@ -220,12 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--start", type=int, default=0)
+    p.add_argument("--framework", choices=list(SPECS), default="spikingjelly")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     counts: Counter[str] = Counter()
     for seed in range(args.start, args.start + args.n):
         try:
-            outcome, detail = run_case(seed)
+            outcome, detail = run_case(seed, args.framework)
         except Exception:
             outcome, detail = "BUG", traceback.format_exc(limit=3).strip().splitlines()[-1]
         counts[outcome] += 1

@@ -45,7 +45,7 @@ from .atomic import atomic_write
 from .errors import UnsupportedPatternError
 from .export import as_deploy_model
 from .lowering import step_mode_of
-from .frameworks import Refusal, identity_types, neuron_adapter
+from .frameworks import Refusal, adapter_for, identity_types, neuron_adapter, step_output
 from .neurons import is_neuron
 from .ops import describe
 from .synapses import DiagonalSynapse, UnsharedConv2d
@@ -178,10 +178,14 @@ class _GraphBuilder:
                 self._placeholder(node)
             elif node.op == "output":
                 self._output(node)
+            elif node.op == "call_module" and self._returns_state(node):
+                self._module(node)  # a Norse neuron or read-out: (out, state); its out is read by getitem 0
             elif not self._is_tensor(node):
                 continue  # shape queries and the like: their users are mapped from recorded shapes
             elif node.op == "call_module":
                 self._module(node)
+            elif self._is_output_item(node):
+                self.sources[node] = self.sources[node.args[0]]
             elif self._is_add(node):
                 self._add(node)
             elif self._is_reshape(node):
@@ -199,6 +203,17 @@ class _GraphBuilder:
     @staticmethod
     def _is_tensor(node: fx.Node) -> bool:
         return "tensor_meta" in node.meta and hasattr(node.meta["tensor_meta"], "shape")
+
+    def _returns_state(self, node: fx.Node) -> bool:
+        """A framework module whose call returns ``(out, state)`` (Norse); NIR nodes keep their state themselves."""
+        meta = node.meta.get("tensor_meta")
+        return (adapter_for(self.modules[node.target]) is not None and type(meta) is tuple and len(meta) == 2
+                and hasattr(meta[0], "shape"))
+
+    def _is_output_item(self, node: fx.Node) -> bool:
+        return (node.op == "call_function" and node.target is operator.getitem and node.args[1:] == (0,)
+                and isinstance(node.args[0], fx.Node) and node.args[0] in self.sources
+                and node.args[0].op == "call_module")
 
     def _features(self, node: fx.Node) -> tuple[int, ...]:
         return tuple(node.meta["tensor_meta"].shape)[self.b:]
@@ -227,13 +242,15 @@ class _GraphBuilder:
 
     # ------------------------------------------------------------------ nodes
     def _placeholder(self, node: fx.Node) -> None:
+        if self.nodes and node.args:
+            return  # an argument left at its default (a Norse state=None: NIR neurons start from rest)
         if self.nodes:
             self._refuse(node, "the model takes several inputs; this export supports one", "Export a single-input model")
         self.nodes[node.name] = self.nir.Input(input_type=np.array(self._features(node)))
         self.sources[node] = [node.name]
 
     def _output(self, node: fx.Node) -> None:
-        result = node.args[0]
+        result = step_output(self.gm, node.args[0])  # a step's output without the state it returns
         if not isinstance(result, fx.Node) or not self._is_tensor(result):
             self._refuse(node, "the model returns a container; this export supports one output tensor",
                          "Return a single tensor from forward()")
@@ -295,8 +312,8 @@ class _GraphBuilder:
             self._reshape(node)
             return
         source = self._input(node)
-        if is_neuron(m):
-            nir_node = self._neuron(node, m, what)
+        if is_neuron(m) or self._returns_state(node):
+            nir_node = self._neuron(node, m, what, source)
         elif isinstance(m, nn.Linear):
             if len(self._features(source)) != 1:
                 self._refuse(node, f"{what} acts on the last dim of features {self._features(source)}; "
@@ -335,9 +352,9 @@ class _GraphBuilder:
             return "Place BatchNorm right after a conv/linear whose only user it is, so fold can fuse it"
         return f"Use conv/linear/average-pooling layers and IF/LIF/PLIF neurons, or ONNX ({_ONNX_REMEDY})"
 
-    def _neuron(self, node: fx.Node, m: nn.Module, what: str) -> Any:
-        try:  # each framework maps its own neurons
-            return neuron_adapter(m).nir_node(m, self.nir, self._features(node), self.dt)
+    def _neuron(self, node: fx.Node, m: nn.Module, what: str, source: fx.Node) -> Any:
+        try:  # each framework maps its own neurons (and read-outs)
+            return (neuron_adapter(m) or adapter_for(m)).nir_node(m, self.nir, self._features(source), self.dt)
         except Refusal as r:
             self._refuse(node, f"{what}: {r.reason}", r.remedy)
 

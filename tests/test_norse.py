@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import norse_nets
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -271,3 +272,47 @@ def test_single_step_model_with_an_unlowered_stateful_neuron_is_refused_at_expor
     with pytest.raises(rs.UnsupportedPatternError, match="node '3'.*LSNNRecurrentCell keeps state but has no export"):
         rs.export_onnx(deploy, tmp_path / "m.onnx", x)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_nir_export_of_a_stepped_norse_net_round_trips_through_norse_bit_exactly():
+    nir = pytest.importorskip("nir")
+    from norse.torch import from_nir
+
+    from sj_realspike.nir_export import export_nir
+
+    torch.manual_seed(0)
+    net = SequentialState(nn.Linear(12, 16), LIFBoxCell(), nn.Linear(16, 16), LIFBoxCell(), nn.Linear(16, 4))
+    x = norse_nets.image(4, 2, 12) * 4
+    model = rs.convert_model(net, x[0])
+    assert len(rs.conversion_report(model).converted) == 2
+    make_dyadic(model, x[0])
+    deploy = rs.fold(model)
+    dt = 2.0 ** -10  # make_dyadic's Norse dt: NIR's tau = dt / (dt_norse * tau_mem_inv) = 1 / 512
+    graph = export_nir(deploy, None, x[0], dt=dt)
+    assert [type(n).__name__ for n in graph.nodes.values()].count("LIF") == 2
+    assert all(np.all(n.tau == 1 / 512) for n in graph.nodes.values() if isinstance(n, nir.LIF))
+    back, state, outs = from_nir(graph, dt=dt), None, []
+    with torch.no_grad():
+        for xt in x:
+            out, state = back(xt, state)
+            outs.append(out)
+    expected = torch.stack([o for o in norse_nets.run_steps(deploy, x)])
+    assert torch.equal(torch.stack(outs), expected)
+    assert firing_rate(deploy, x, steps=True) > 0.05
+
+
+def test_nir_export_maps_read_outs_and_refuses_what_nir_cannot_hold():
+    nir = pytest.importorskip("nir")
+    from sj_realspike.nir_export import export_nir
+
+    x = norse_nets.image(2, 12)
+    readout = rs.fold(rs.convert_model(SequentialState(nn.Linear(12, 8), LIFCell(), nn.Linear(8, 4), LICell()), x))
+    graph = export_nir(readout, None, x)
+    assert {type(n).__name__ for n in graph.nodes.values()} >= {"CubaLIF", "CubaLI"}
+    ternary = rs.fold(rs.convert_model(SequentialState(nn.Linear(12, 8), LIFCell(), nn.Linear(8, 4)), x,
+                                       spike="ternary"))
+    with pytest.raises(rs.UnsupportedPatternError, match="node '_1'.*ternary spikes"):
+        export_nir(ternary, None, x)
+    recurrent = rs.fold(rs.convert_model(SequentialState(LIFRecurrentCell(12, 8), nn.Linear(8, 4)), x))
+    with pytest.raises(rs.UnsupportedPatternError, match="recurrent weights live inside the neuron"):
+        export_nir(recurrent, None, x)

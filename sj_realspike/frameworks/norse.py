@@ -583,6 +583,8 @@ class NorseAdapter(FrameworkAdapter):
         """
         import numpy as np
 
+        if _loaded() and isinstance(m, _norse().readouts):
+            return self._nir_readout(m, nir, features, dt)
         if self.is_ternary(m):
             raise Refusal("it emits ternary spikes {-1, 0, 1}; NIR neurons emit {0, 1}",
                           f"Train binary spikes (spike='real') for neuromorphic targets, or use ONNX ({_ONNX_REMEDY})")
@@ -606,6 +608,24 @@ class NorseAdapter(FrameworkAdapter):
         if self.is_box(m):
             return nir.LIF(tau=tau(p.tau_mem_inv), **common)
         return nir.CubaLIF(tau_syn=tau(p.tau_syn_inv), tau_mem=tau(p.tau_mem_inv), w_in=full(1.0), **common)
+
+    def _nir_readout(self, m: nn.Module, nir: Any, features: tuple[int, ...], dt: float) -> Any:
+        """``LICell`` → ``nir.CubaLI``, ``LIBoxCell`` → ``nir.LI`` (time constants as for the neurons)."""
+        import numpy as np
+
+        ns = _norse()
+        if isinstance(m, ns.LILinearCell) or isinstance(m, ns.SNN):
+            raise Refusal(f"{type(m).__name__} has no NIR mapping in sj_realspike (LICell and LIBoxCell have)",
+                          f"Use Linear + LICell, or ONNX ({_ONNX_REMEDY})")
+        p = m.p
+
+        def full(value: Any) -> np.ndarray:
+            return np.broadcast_to(torch.as_tensor(value).detach().double().cpu().numpy(), features).copy()
+
+        if isinstance(m, ns.LIBoxCell):
+            return nir.LI(tau=dt / (m.dt * full(p.tau_mem_inv)), r=full(1.0), v_leak=full(p.v_leak))
+        return nir.CubaLI(tau_syn=dt / (m.dt * full(p.tau_syn_inv)), tau_mem=dt / (m.dt * full(p.tau_mem_inv)),
+                          r=full(1.0), v_leak=full(p.v_leak), w_in=full(1.0))
 
     def is_box(self, m: nn.Module) -> bool:
         return isinstance(m, _norse().LIFBoxCell)
