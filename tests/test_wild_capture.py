@@ -97,6 +97,24 @@ def test_registry_marks_the_neurons_that_do_not_emit_spikes(name: str) -> None:
     assert {p for p, problem in problems.items() if problem is not None} == case.not_spikes, problems
 
 
+@pytest.fixture(scope="module")
+def captured():
+    """``captured(name)``: the network, its example and the graph `capture` recorded for it, copied
+    for the calling test (net and graph copied together, so the graph still calls the copy's modules).
+    Each network is captured once for the tests below that check what the graph computes."""
+    cache: dict[str, tuple[nn.Module, torch.Tensor, nn.Module]] = {}
+
+    def get(name: str) -> tuple[nn.Module, torch.Tensor, nn.Module]:
+        if name not in cache:
+            net, x = WILD[name].build()
+            cache[name] = (net, x, capture(net, x).gm)
+        net, x, gm = cache[name]
+        net, gm = copy.deepcopy((net, gm))
+        return net, x.clone(), gm
+
+    return get
+
+
 def _names(xfail: dict[str, str]) -> list:
     """Every registry name, those in ``xfail`` marked strict xfail with their reason."""
     return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=xfail[n])) if n in xfail else n
@@ -117,34 +135,30 @@ def test_capture_leaves_network_and_input_untouched(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", _names({}))
-def test_capture_reproduces_the_net_in_eval_mode(name: str) -> None:
-    net, x = WILD[name].build()
-    gm = capture(net, x).gm
+def test_capture_reproduces_the_net_in_eval_mode(name: str, captured) -> None:
+    net, x, gm = captured(name)
     assert torch.equal(_run(gm, x, training=False), _run(net, x, training=False))
 
 
 @pytest.mark.parametrize("name", _names({"ottt": TRAIN_MODE_FROZEN}))
-def test_capture_reproduces_the_net_in_training_mode(name: str) -> None:
-    net, x = WILD[name].build()
-    gm = capture(net, x).gm
+def test_capture_reproduces_the_net_in_training_mode(name: str, captured) -> None:
+    net, x, gm = captured(name)
     expected = _run(net, x, training=True)
     assert torch.equal(_run(gm, x, training=True), expected)
 
 
 @pytest.mark.parametrize("name", _names({"dqsn": STATE_FROZEN}))
-def test_capture_follows_another_input(name: str) -> None:
+def test_capture_follows_another_input(name: str, captured) -> None:
     case = WILD[name]
-    net, x = case.build()
-    gm = capture(net, x).gm
+    net, x, gm = captured(name)
     other = case.make_input() * 0.5 + 0.25  # same shape, other values
     assert torch.equal(_run(gm, other, training=False), _run(net, other, training=False))
 
 
 @pytest.mark.parametrize("name", _names({"dqsn": STATE_FROZEN}))
-def test_capture_follows_another_batch_size(name: str) -> None:
+def test_capture_follows_another_batch_size(name: str, captured) -> None:
     case = WILD[name]
-    net, x = case.build()
-    gm = capture(net, x).gm
+    net, x, gm = captured(name)
     bigger = case.make_input(2, 3)
     expected = _run(net, bigger, training=False)
     got = _run(gm, bigger, training=False)
@@ -152,9 +166,8 @@ def test_capture_follows_another_batch_size(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", _names({"ottt": TRAIN_MODE_FROZEN, "dqsn": STATE_FROZEN}))
-def test_capture_gives_the_same_gradients(name: str) -> None:
-    net, x = WILD[name].build()
-    gm = capture(net, x).gm
+def test_capture_gives_the_same_gradients(name: str, captured) -> None:
+    net, x, gm = captured(name)
 
     def grads(f: nn.Module) -> dict[str, torch.Tensor]:
         net.zero_grad()
@@ -166,11 +179,10 @@ def test_capture_gives_the_same_gradients(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", _names({"sew_resnet_reset_in_forward": RESET_DROPPED, "dqsn": STATE_FROZEN}))
-def test_capture_keeps_state_across_calls_like_the_net(name: str) -> None:
+def test_capture_keeps_state_across_calls_like_the_net(name: str, captured) -> None:
     """Two calls without a reset in between: the second sees the state the first left (or, for a net that
     resets itself in forward, does not)."""
-    net, x = WILD[name].build()
-    gm = capture(net, x).gm
+    net, x, gm = captured(name)
     net.eval()
     functional.reset_net(net)
     with torch.no_grad():
