@@ -21,9 +21,11 @@ Leaves (recorded as one ``call_module`` node each): what a framework adapter nam
 The frameworks' step containers and plain ``nn.Sequential``/user modules are traced
 through, so the synapses inside them are visible to the fold. A leaf neuron that returns
 a tuple (snnTorch's ``(spk, mem)``) is recorded with one ``getitem`` node per item, so the
-spikes are one node that amplitudes can follow. A submodule whose
-``forward`` cannot be traced even with real values (a custom autograd Function, C++
-code) becomes an opaque leaf, listed in ``CaptureResult.opaque`` with the reason.
+spikes are one node that amplitudes can follow. A custom autograd Function (a
+hand-written surrogate spike) is one node calling its ``apply``, so the graph keeps its
+backward. A submodule whose ``forward`` cannot be traced even with real values (C++
+code, unsupported Python) becomes an opaque leaf, listed in ``CaptureResult.opaque``
+with the reason.
 Reading a neuron's state (``self.sn.v``) in ``forward`` would freeze it into a
 constant; it is recorded in ``CaptureResult.state_reads`` instead, and the passes
 that need a faithful graph refuse it naming the module.
@@ -32,6 +34,7 @@ that need a faithful graph refuse it naming the module.
 from __future__ import annotations
 
 import contextlib
+import functools
 import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -300,6 +303,23 @@ class ConcreteTracer(fx.Tracer):
 _FACTORIES = ("zeros", "ones", "empty", "full", "rand", "randn")
 
 
+def _has_proxy(value: Any) -> bool:
+    found: list[fx.Proxy] = []
+    fx.node.map_aggregate(value, lambda v: found.append(v) if isinstance(v, fx.Proxy) else v)
+    return bool(found)
+
+
+@functools.cache
+def _function_apply(cls: type[torch.autograd.Function]) -> Callable[..., Any]:
+    """``cls.apply`` as a plain function fx can name in generated code (``<module>.<Function>_apply``)."""
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return cls.apply(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = f"{cls.__name__}_apply"
+    call.__module__ = cls.__module__
+    return call
+
+
 @contextlib.contextmanager
 def _traced_factories(tracer: ConcreteTracer) -> Iterator[None]:
     """While tracing, a factory call with a proxy among its arguments becomes a graph node."""
@@ -307,20 +327,30 @@ def _traced_factories(tracer: ConcreteTracer) -> Iterator[None]:
 
     def traced(fn: Callable[..., Any]) -> Callable[..., Any]:
         def factory(*args: Any, **kwargs: Any) -> Any:
-            found: list[fx.Proxy] = []
-            fx.node.map_aggregate((args, kwargs), lambda v: found.append(v) if isinstance(v, fx.Proxy) else v)
-            if found:
+            if _has_proxy((args, kwargs)):
                 return tracer.create_proxy("call_function", fn, args, kwargs)
             return fn(*args, **kwargs)
         return factory
 
+    apply = torch.autograd.Function.__dict__["apply"]
+
+    def traced_apply(cls: type, *args: Any, **kwargs: Any) -> Any:
+        # A custom autograd Function (a hand-written surrogate spike) is one node calling its
+        # ``apply``: fx would otherwise run ``forward`` on proxies and record its ops, and the
+        # graph would lose the Function's backward (no surrogate gradient through the spikes).
+        if _has_proxy((args, kwargs)):
+            return tracer.create_proxy("call_function", _function_apply(cls), args, kwargs)
+        return apply.__get__(None, cls)(*args, **kwargs)
+
     for name, fn in originals.items():
         setattr(torch, name, traced(fn))
+    torch.autograd.Function.apply = classmethod(traced_apply)
     try:
         yield
     finally:
         for name, fn in originals.items():
             setattr(torch, name, fn)
+        torch.autograd.Function.apply = apply
 
 
 @contextlib.contextmanager

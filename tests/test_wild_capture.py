@@ -203,8 +203,11 @@ def test_state_read_in_forward_is_reported() -> None:
     assert capture(net, x).state_reads == [("fc.3", "v")]
 
 
-def test_hand_written_neuron_with_item_assignment_is_kept_opaque() -> None:
+def test_hand_written_neuron_keeps_its_autograd_function_whole() -> None:
+    """MemUpdate (a loop over T, ``output[i] = spike``) is traced; its custom autograd Function is one
+    node per call, so the graph keeps the Function's surrogate backward (gradients: tested above)."""
     net, x = WILD["ms_resnet_mem_update"].build()
-    opaque = capture(net, x).opaque
-    assert [path for path, _ in opaque] == ["residual.0", "residual.2", "head_act"]
-    assert all("cannot be traced" in reason and "item assignment" in reason for _, reason in opaque)
+    result = capture(net, x)
+    applies = [n for n in result.gm.graph.nodes if n.op == "call_function" and n.target.__name__ == "_SpikeAct_apply"]
+    assert result.opaque == [] and len(applies) == 3 * x.shape[0]  # three neurons, T steps each
+    assert not any(n.op == "call_method" and n.target == "gt" for n in result.gm.graph.nodes)

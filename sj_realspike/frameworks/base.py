@@ -283,7 +283,9 @@ def register(adapter: FrameworkAdapter) -> FrameworkAdapter:
 
 
 def adapters() -> list[FrameworkAdapter]:
-    """Every registered adapter; the first call imports the built-in ones whose framework is installed."""
+    """Every registered adapter, built-in ones first in `BUILTIN` order (whichever was imported
+    first), then the others as registered; the first call imports the built-in ones whose
+    framework is installed."""
     global _LOADED
     if not _LOADED:
         _LOADED = True
@@ -294,7 +296,8 @@ def adapters() -> list[FrameworkAdapter]:
                 # The framework is not installed (or this release has no adapter for it): not offered.
                 if (e.name or "").split(".")[0] != name and e.name != f"{__package__}.{name}":
                     raise
-    return list(_REGISTRY)
+    rank = {name: i for i, name in enumerate(BUILTIN)}
+    return sorted(_REGISTRY, key=lambda a: rank.get(a.name, len(BUILTIN)))
 
 
 def adapter_for(m: nn.Module) -> FrameworkAdapter | None:
