@@ -201,7 +201,7 @@ def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_i
     if stream:
         graph = lower_for_stream(model, x, layout)
         batch = layout.batch_dim - 1
-        inputs = [(graph.step_input, "x", batch)] + [(s.example, STATE_IN + s.name, s.batch_dim) for s in graph.states]
+        inputs = [(graph.step_input, "x", batch)] + [(s.example, STATE_IN + s.name, 0) for s in graph.states]
         outputs = ["y"] if len(graph.joins) == 1 else [f"y.{i}" for i in range(len(graph.joins))]
         proto = _export(graph.module, inputs, outputs + [STATE_OUT + s.name for s in graph.states], opset,
                         dynamic_batch)
@@ -269,8 +269,8 @@ def _compact(model: object) -> None:
     Constant folding, common subexpressions, constants lifted to initializers, and the
     rewrite rules that merge reshape/cast chains and drop no-op ``· 1`` / ``/ 1``. Not the
     optimizer's full rule set: it took 4× as long for the same graph, node for node, and the
-    same onnxruntime time (bench/export_time.py), and its BatchNorm-into-Conv fusion would
-    round the weights again after fold.
+    same onnxruntime time (bench/export_time.py), and it would fuse a BatchNorm that fold left
+    after a Conv into the Conv's weights: a rounding the deploy model does not have.
     """
     import onnx_ir.passes.common as common
     from onnxscript import optimizer, rewriter

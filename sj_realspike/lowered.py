@@ -102,14 +102,16 @@ class LoweredNeuron(nn.Module):
                 v: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The spike train for the whole sequence ``x``; with a membrane ``v``, one step: ``(spikes, next v)``.
 
-        In the one-step form (`sj_realspike.stream`) ``x`` is one step's input, shaped like
-        ``v``, or ``[1, …]`` with one more dim (a multi-step model run on one step): the
-        spikes keep the shape of ``x``.
+        In the one-step form (`sj_realspike.stream`) ``x`` is one step ``[1, N, …]``
+        (``time_steps`` is ``None``: a multi-step model run on one step) or ``[N, …]``, and
+        ``v`` is the membrane ``[N, F]``, each sample's features flattened: elementwise ops
+        on 2-D tensors, as in `fire_all` (onnxruntime's broadcast kernels are several times
+        slower on shapes like ``[N, 512, 1, 1]``). The spikes keep the shape of ``x``.
         """
         if v is not None:
-            time_first = x.dim() == v.dim() + 1
-            s, v = self.step(x.squeeze(0) if time_first else x, v)
-            return (s.unsqueeze(0) if time_first else s), v
+            lead = (1, -1) if self.time_steps is None else (-1,)
+            s, v = self.step(x.reshape(-1, v.shape[1]), v)
+            return s.reshape(*lead, *x.shape[len(lead):]), v
         steps = self.time_steps if self.time_steps is not None else x.shape[0]
         xs = x.reshape(steps, -1).split(1, 0)
         return self.fire_all(xs).reshape(x.shape)
@@ -154,8 +156,22 @@ class LoweredNeuron(nn.Module):
         raise NotImplementedError
 
     def next_membrane(self, h: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
-        """The membrane after the reset (``s``: the spikes of ``h``; a hard reset needs none)."""
+        """The membrane after the reset (``s``: the spikes of ``h``, or ``None`` for a hard reset).
+
+        A hard reset keeps ``h`` where the neuron is silent: ``keep = [h < θ]`` (ternary
+        ``[|h| < θ]``), computed from ``h`` when ``s`` is ``None`` (`fire_all`, which fires all
+        steps at once), else as ``1 − s`` (``1 − |s|``), one op fewer. The membranes are the
+        same for every ``h``: equal keeps where ``h`` is finite; NaN stays NaN (``NaN · 0``,
+        ``NaN · 1``), +∞ becomes NaN (``∞ · 0``) and −∞ stays −∞ either way.
+        """
         raise NotImplementedError
+
+    def hard_reset(self, h: torch.Tensor, keep: torch.Tensor, fired: torch.Tensor | None) -> torch.Tensor:
+        """``h · keep + (1 − keep) · v_r``; ``fired`` is ``1 − keep`` when the caller has it (the spikes)."""
+        v = h * keep
+        if self.v_reset == 0.0:
+            return v
+        return v + (1.0 - keep if fired is None else fired) * self.v_reset
 
     # ----------------------------------------------------------------- charge
     def _decay(self, d: torch.Tensor) -> torch.Tensor:
@@ -195,9 +211,9 @@ class LoweredBinaryNeuron(LoweredNeuron):
         th = self.v_threshold
         if self.v_reset is None:
             return h - (s if th == 1.0 else s * th)
-        keep = (h < th).to(h.dtype)  # 1 where the neuron stays silent (NaN: 0, and NaN · 0 stays NaN)
-        v = h * keep
-        return v + (1.0 - keep) * self.v_reset if self.v_reset != 0.0 else v
+        if s is None:  # 1 where the neuron stays silent (NaN: 0, and NaN · 0 stays NaN)
+            return self.hard_reset(h, (h < th).to(h.dtype), None)
+        return self.hard_reset(h, 1.0 - s, s)
 
 
 class LoweredTernaryNeuron(LoweredNeuron):
@@ -211,9 +227,10 @@ class LoweredTernaryNeuron(LoweredNeuron):
         th = self.v_threshold
         if self.v_reset is None:
             return h - (s if th == 1.0 else s * th)
-        keep = (h.abs() < th).to(h.dtype)  # −θ < h < θ: no spike (NaN: 0, and NaN · 0 stays NaN)
-        v = h * keep
-        return v + (1.0 - keep) * self.v_reset if self.v_reset != 0.0 else v
+        if s is None:  # −θ < h < θ: no spike (NaN: 0, and NaN · 0 stays NaN)
+            return self.hard_reset(h, (h.abs() < th).to(h.dtype), None)
+        fired = s.abs()
+        return self.hard_reset(h, 1.0 - fired, fired)
 
 
 def unsupported_neuron_reason(m: nn.Module) -> str | None:

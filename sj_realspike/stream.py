@@ -28,6 +28,7 @@ lives inside SpikingJelly's module, where a stream graph cannot carry it.
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 
@@ -52,12 +53,14 @@ _CHECK_STEPS, _CHECK_BATCH = 3, 2  # the stepwise check runs this many steps of 
 
 @dataclass(frozen=True)
 class StreamState:
-    """One neuron's membrane in the stream graph (inputs ``state_in.<name>``, outputs ``state_out.<name>``)."""
+    """One neuron's membrane ``[N, F]`` (each sample's features flattened) in the stream graph.
+
+    Its input is ``state_in.<name>``, its output ``state_out.<name>``.
+    """
 
     name: str  # the neuron's module path
     initial: float  # what the membrane starts at
     example: torch.Tensor  # the initial membrane for the example batch
-    batch_dim: int
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,8 @@ def lower_for_stream(model: fx.GraphModule, example_input: torch.Tensor, layout:
     _refuse_state_outside_neurons(gm, neurons)
     shapes = _membrane_shapes(gm, x_t.unsqueeze(0), mode, batch_dim + 1, fixed_batch)
     joins = _rewrite(gm, neurons)
-    states = tuple(StreamState(name, neurons[name].rest, torch.full(shape, neurons[name].rest), dim)
-                   for name, (shape, dim) in shapes.items())
+    states = tuple(StreamState(name, neurons[name].rest, torch.full(shape, neurons[name].rest))
+                   for name, shape in shapes.items())
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
@@ -154,11 +157,14 @@ def _refuse_state_outside_neurons(gm: fx.GraphModule, lowered: dict[str, nn.Modu
 
 
 def _membrane_shapes(gm: fx.GraphModule, x: torch.Tensor, mode: str, batch_dim: int,
-                     fixed_batch: bool) -> dict[str, tuple[tuple[int, ...], int]]:
-    """Each lowered neuron's membrane shape for the one-step sequence ``x`` and its batch dim.
+                     fixed_batch: bool) -> dict[str, tuple[int, int]]:
+    """Each lowered neuron's membrane ``[N, F]`` for the one-step sequence ``x``: ``(N, F)``.
 
-    The batch dim is the one dim that grows with a second, larger batch.
+    The neuron's input must have its batch first (after the time dim of a multi-step
+    model): the dim that grows with a second, larger batch.
     """
+    first = 1 if mode == "m" else 0  # 'm': the neuron's input is [1, N, …]
+
     def shapes(xs: torch.Tensor) -> dict[str, tuple[int, ...]]:
         propagate_shapes(gm, xs)
         modules = dict(gm.named_modules())
@@ -168,23 +174,20 @@ def _membrane_shapes(gm: fx.GraphModule, x: torch.Tensor, mode: str, batch_dim: 
                 if len(node.args) != 1 or node.kwargs:
                     raise UnsupportedPatternError(node.name, f"neuron '{node.target}' is called with "
                                                   f"{len(node.args)} arguments", "Call neurons on one tensor")
-                shape = tuple(node.args[0].meta["tensor_meta"].shape)
-                found.setdefault(node.target, shape[1:] if mode == "m" else shape)  # 'm': [1, N, …]
+                found.setdefault(node.target, tuple(node.args[0].meta["tensor_meta"].shape))
         return found
 
     bigger = None if fixed_batch else shapes(torch.cat([x, x.narrow(batch_dim, 0, 1)], dim=batch_dim))
     base = shapes(x)  # last, so that the graph's shape metadata is the example's
     result = {}
     for name, shape in base.items():
-        if bigger is None:
-            result[name] = (shape, -1)
-            continue
-        moved = [i for i, (a, b) in enumerate(zip(shape, bigger[name], strict=True)) if a != b]
-        if len(moved) != 1:
+        moved = [i for i, (a, b) in enumerate(zip(shape, bigger[name], strict=True)) if a != b] if bigger else [first]
+        if moved != [first]:
             raise UnsupportedPatternError(
-                name, f"the neuron's input {list(shape)} has no single batch dim (dims that follow the batch size: "
-                f"{moved})", "Export it unrolled (stream=False)")
-        result[name] = (shape, moved[0])
+                name, f"the neuron's input {list(shape)} does not have the batch at dim {first} (dims that follow "
+                f"the batch size: {moved}), so its membrane cannot be one [N, F] state per sample",
+                "Export it unrolled (stream=False)")
+        result[name] = (shape[first], math.prod(shape[first + 1:]))
     return result
 
 
@@ -288,6 +291,9 @@ def stepwise_mismatch(model: fx.GraphModule, x: torch.Tensor) -> tuple[str, str]
         reset(ref)
         for t in range(xd.shape[0]):
             run(xd[t:t + 1])
+    except Exception as e:  # the model's own code fails on [1, N, …] (or in float64)
+        first = str(e).strip().split("\n")[0]
+        return "example_input", f"the model fails on one step at a time ([1, N, …]: {type(e).__name__}: {first})"
     finally:
         reset(ref)
     whole, steps = records[0], records[1:]

@@ -68,10 +68,8 @@ def _model(spike: str, step_mode: str, granularity: str, x: torch.Tensor) -> nn.
 
 
 @pytest.mark.parametrize("spike, step_mode, granularity", [
-    ("real", "m", "element"),  # unshared convs and a diagonal synapse on the shortcut
-    ("real", "s", "channel"),
-    ("ternary", "m", "channel"),
-    ("ternary", "s", "element"),
+    ("real", "m", "element"),  # unshared convs and an element-wise diagonal synapse on the shortcut
+    ("ternary", "s", "channel"),  # a channel-wise diagonal synapse
 ])
 def test_stream_equals_unrolled_bit_for_bit(tmp_path, spike, step_mode, granularity):
     x = dyadic_input((3, 2, 3, 8, 8))
@@ -98,7 +96,7 @@ def test_stream_equals_unrolled_bit_for_bit(tmp_path, spike, step_mode, granular
     assert torch.equal(y, rs.OnnxRunner(unrolled, threads=1)(x5)) and y.shape[:2] == (3, 5)
     stepped = torch.stack([runner.step(x_t) for x_t in x5])
     assert torch.equal(stepped, y)
-    assert set(runner.state) == set(NEURONS) and runner.state["sn2"].shape == (5, 8, 8, 8)
+    assert set(runner.state) == set(NEURONS) and runner.state["sn2"].shape == (5, 8 * 8 * 8)  # [N, F]
     x7 = dyadic_input((7, 5, 3, 8, 8), seed=2)  # a longer stream than the unrolled graph's T
     assert torch.equal(runner(x7), run(model, x7, steps))
 
@@ -109,29 +107,48 @@ def test_stream_equals_unrolled_bit_for_bit(tmp_path, spike, step_mode, granular
     assert sorted(n.neuron for n in report.neurons) == NEURONS
     expected = {-1.0, 0.0, 1.0} if spike == "ternary" else {0.0, 1.0}
     assert set().union(*(set(n.values) for n in report.neurons)) == expected
+    _check_runner_state(runner, x5.numpy(), stepped.numpy())
+    with pytest.raises(TypeError, match="unrolled graph"):
+        rs.OnnxRunner(unrolled).step(x5[0])
 
 
-def test_runner_keeps_state_per_batch_and_resets(tmp_path):
-    x = dyadic_input((3, 2, 3, 8, 8))
-    model = _model("real", "m", "channel", x)
-    path = rs.export_onnx(rs.fold(model), tmp_path / "s.onnx", x, stream=True)
-    runner = rs.OnnxRunner(path, threads=1)
-    x_np = x.numpy()
-    first = [runner.step(x_t) for x_t in x_np]
-    assert isinstance(first[0], np.ndarray)
-    with pytest.raises(ValueError, match=r"kept state is for a batch of 2, this step has 1: call reset\(\)"):
-        runner.step(x_np[0, :1])
-    with pytest.raises(ValueError, match=r"must have shape \[batch, 3, 8, 8\], got \[3, 2, 3, 8, 8\]"):
-        runner.step(x_np)
+def _check_runner_state(runner: rs.OnnxRunner, x: np.ndarray, expected: np.ndarray) -> None:
+    """step() keeps the state of one batch size until reset(); a whole sequence leaves it alone."""
     runner.reset()
     assert runner.state is None
-    again = [runner.step(x_t) for x_t in x_np]
-    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
-    runner.step(x_np[0])  # a fourth step continues the state
-    assert np.array_equal(runner(x_np), np.stack(first))  # a whole sequence starts afresh, state untouched
-    assert not np.array_equal(runner.state["sn1"], np.zeros_like(runner.state["sn1"]))
-    with pytest.raises(TypeError, match="unrolled graph"):
-        rs.OnnxRunner(rs.export_onnx(rs.fold(model), tmp_path / "u.onnx", x)).step(x_np[0])
+    first = [runner.step(x_t) for x_t in x]
+    assert isinstance(first[0], np.ndarray) and np.array_equal(np.stack(first), expected)
+    with pytest.raises(ValueError, match=r"kept state is for a batch of 5, this step has 1: call reset\(\)"):
+        runner.step(x[0, :1])
+    with pytest.raises(ValueError, match=r"must have shape \[batch, 3, 8, 8\], got \[3, 5, 3, 8, 8\]"):
+        runner.step(x)
+    kept = runner.state
+    assert np.array_equal(runner(x), expected)  # a whole sequence starts afresh ...
+    assert all(np.array_equal(kept[k], v) for k, v in runner.state.items())  # ... and leaves the state alone
+    runner.reset()
+    assert np.array_equal(np.stack([runner.step(x_t) for x_t in x]), expected)
+
+
+@pytest.mark.parametrize("ternary", [False, True])
+def test_one_step_form_equals_fire_all_on_nan_and_inf(ternary):
+    """Each lowered neuron, stepped with its membrane as an input, gives fire_all's spikes and membranes."""
+    from sj_realspike.lowered import LoweredBinaryNeuron, LoweredTernaryNeuron
+
+    cls = LoweredTernaryNeuron if ternary else LoweredBinaryNeuron
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, 1.0, -1.0])
+    xs = torch.cat([special.repeat(4, 1), torch.randint(-8, 9, (4, 26)).float() / 4], 1)  # [T, M]
+    for charge, decay in [("if", None), ("lif", 2.0), ("lif", 3.0), ("plif", torch.tensor(0.75))]:
+        for v_reset, decay_input in [(0.0, True), (-0.5, False), (None, True), (None, False)]:
+            n = cls(1.0, v_reset, charge, decay, decay_input)
+            v, v_ref, spikes = torch.full((1, xs.shape[1]), n.rest), None, []
+            for x in xs.split(1, 0):
+                s, v = n.step(x, v)
+                h = n.charged(v_ref, x)  # fire_all's recurrence: the membrane starts as the constant v_r
+                v_ref = n.next_membrane(h, n.fire(h) if v_reset is None else None)
+                torch.testing.assert_close(v, v_ref, rtol=0, atol=0, equal_nan=True)
+                spikes.append(s)
+            assert torch.equal(torch.cat(spikes), n.fire_all(xs.split(1, 0))), (charge, v_reset, decay_input)
+            assert torch.cat(spikes).isnan().sum() == 0 and v.isnan().any()  # NaN inputs reached the membranes
 
 
 class MeanOverTime(nn.Module):
