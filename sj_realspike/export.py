@@ -26,6 +26,7 @@ from .neurons import is_neuron, is_ternary
 from .report import record_of
 from .state import copy_model
 from .stream import STATE_IN, STATE_OUT, lower_for_stream
+from .weightless import weightless
 
 __all__ = ["ANY_T", "METADATA_PREFIX", "ExportError", "as_deploy_model", "check_opset", "export_onnx",
            "model_fingerprint", "spike_kinds"]
@@ -297,8 +298,9 @@ def _check(proto: onnx.ModelProto) -> None:
     if foreign or proto.functions:
         raise ExportError(f"the exported graph uses non-standard domains or functions ({', '.join(foreign)}); "
                           "only default-domain ONNX ops are allowed")
+    bare = weightless(proto)  # the checks read types and shapes only; weights cost them seconds
     try:
-        onnx.checker.check_model(proto, full_check=True)
-        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+        onnx.checker.check_model(bare, full_check=True)
+        onnx.shape_inference.infer_shapes(bare, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ExportError(f"the exported graph failed the ONNX checker: {e}") from e

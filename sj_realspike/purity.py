@@ -23,6 +23,7 @@ import onnx
 from .frameworks import neuron_types, synapse_types, ternary_types
 from .lowered import LoweredDiagonalSynapse, LoweredNeuron, LoweredTernaryNeuron, LoweredUnsharedConv2d
 from .synapses import DiagonalSynapse, UnsharedConv2d
+from .weightless import weightless
 
 __all__ = ["SpikeTensor", "Violation", "spike_tensors", "static_violations"]
 
@@ -139,13 +140,12 @@ def _constant_types(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _float_values(model: onnx.ModelProto) -> set[str]:
-    """Float-typed values, by shape inference on a copy stripped of ``value_info``.
+    """Float-typed values, by shape inference on a weightless copy stripped of ``value_info``.
 
     The stored ``value_info`` is ignored (it changes nothing the model computes, and an
     edited one must not hide a value's type); constants are typed by their own tensors.
     """
-    bare = onnx.ModelProto()
-    bare.CopyFrom(model)
+    bare = weightless(model)
     del bare.graph.value_info[:]
     inferred = onnx.shape_inference.infer_shapes(bare)
     infos = [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
