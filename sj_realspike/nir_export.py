@@ -13,13 +13,17 @@ residual additions become plain edges. The neuron conventions are SpikingJelly's
 * conv/linear → ``Conv1d``/``Conv2d`` (zero bias when absent; a grouped conv as the equal
   dense conv with zero blocks) / ``Linear``/``Affine``;
   average pooling → ``AvgPool2d``; flatten/reshape of the features → ``Flatten``.
+* snnTorch's ``Leaky``/``Synaptic`` (zero reset) → ``LIF``/``CubaLIF`` in snnTorch's own
+  conventions (``τ = dt/(1 − β)``, ``r = τ/dt``), Norse's LIF cells and read-outs → ``LIF``,
+  ``CubaLIF``, ``LI``, ``CubaLI`` (each framework's adapter maps its neurons: ``nir_node``).
 * ``DiagonalSynapse`` (a scaled shortcut into a membrane) → ``Scale`` (Hadamard product);
   a sum of branches reaching the network output → ``Scale`` of ones (a summing junction,
   because importers do not sum at the ``Output`` node).
 
 Refused, naming the node: ternary neurons (NIR neurons emit {0, 1}), soft reset, max
-pooling, unshared (locally connected) convs, BatchNorm that fold could not fuse, and any
-other op without a NIR primitive. Every refusal is an `UnsupportedPatternError`.
+pooling, unshared (locally connected) convs, BatchNorm that fold could not fuse, a neuron's
+state read as a tensor (snnTorch's ``output=True`` membrane), and any other op without a
+NIR primitive. Every refusal is an `UnsupportedPatternError`.
 
 NIR's neurons fire at ``v > θ`` in the specification while SpikingJelly fires at
 ``v ≥ θ``; importers that follow SpikingJelly (this module's `import_nir`) reproduce the
@@ -31,6 +35,7 @@ bit-exact on dyadic models; on sew_resnet18 with off-grid weights, 6e-8 relative
 
 from __future__ import annotations
 
+import logging
 import operator
 import os
 from pathlib import Path
@@ -48,6 +53,7 @@ from .lowering import step_mode_of
 from .frameworks import Refusal, adapter_for, identity_types, neuron_adapter, step_output
 from .neurons import is_neuron
 from .ops import describe
+from .report import record_of
 from .synapses import DiagonalSynapse, UnsharedConv2d
 from .tracing import propagate_shapes
 
@@ -68,6 +74,8 @@ _MAXPOOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d
                   nn.AdaptiveMaxPool3d)
 _ONNX_REMEDY = "export_onnx supports this model as it is"
 
+logger = logging.getLogger(__name__)
+
 
 def _require_nir() -> tuple[Any, Any]:
     try:
@@ -85,9 +93,11 @@ def export_nir(deploy_model: nn.Module, path: str | os.PathLike[str] | None, exa
 
     Neuromorphic toolchains (Lava, Norse, Rockpool, Sinabs, Spyx, SpikingJelly…) read NIR.
     A model that is not a deploy model (a converted model with amplitudes, or a plain
-    SpikingJelly network) is folded first (`sj_realspike.fold`): amplitudes go into the
-    synapse weights and BatchNorm into the conv/linear before it, so every spike is
-    binary. The graph describes one time step; shapes exclude the time and batch dims.
+    network) is folded first (`sj_realspike.fold`): amplitudes go into the synapse weights
+    and BatchNorm into the conv/linear before it, so every spike is binary; a plain network
+    whose neurons scale their own spikes (snnTorch's ``graded_spikes_factor``) is converted
+    before that, so that the factors go into the weights too. The graph describes one time
+    step; shapes exclude the time and batch dims.
     Graph metadata records ``sj_realspike.dt``, ``.step_mode``, ``.spike`` and ``.version``.
 
     Args:
@@ -109,7 +119,7 @@ def export_nir(deploy_model: nn.Module, path: str | os.PathLike[str] | None, exa
     nir, _ = _require_nir()
     if dt <= 0:
         raise ValueError(f"dt must be positive, got {dt}")
-    gm = as_deploy_model(deploy_model, example_input)
+    gm = as_deploy_model(_spike_factors_converted(deploy_model, example_input), example_input)
     batch_dims = 2 if step_mode_of(gm) == "m" else 1
     propagate_shapes(gm, example_input)
     graph = _GraphBuilder(gm, batch_dims, dt, nir).build()
@@ -120,6 +130,26 @@ def export_nir(deploy_model: nn.Module, path: str | os.PathLike[str] | None, exa
     if path is not None:
         atomic_write(path, lambda tmp: nir.write(tmp, graph))
     return graph
+
+
+def _spike_factors_converted(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
+    """``model``, converted (a copy) if it is a plain network whose neurons scale their own spikes.
+
+    NIR neurons emit {0, 1}: a factor a neuron puts on its spikes (snnTorch's
+    ``graded_spikes_factor``) must end up in the weights of the synapses that read them.
+    `convert_model` moves it into the neuron's amplitude (the other amplitudes start at 1,
+    which folds to nothing), and fold then scales those weights by it, which folding a plain
+    network does not. Channel granularity carries a scalar or per-channel factor.
+    """
+    if record_of(model).get("stage") is not None:
+        return model  # converted or deploy: the factors are amplitudes already
+    if not any((a := adapter_for(m)) is not None and a.intrinsic_amplitude(m) is not None for m in model.modules()):
+        return model
+    from .convert import convert_model
+
+    logger.warning("%s scales its spikes itself (graded_spikes_factor): converting a copy first so that fold moves "
+                   "the factors into the weights (sj_realspike.convert_model)", type(model).__name__)
+    return convert_model(model, example_input, granularity="channel")
 
 
 def import_nir(graph: nir.NIRGraph | str | os.PathLike[str], *, dt: float = NIR_DT, step_mode: str = "m",
@@ -190,6 +220,12 @@ class _GraphBuilder:
                 self._add(node)
             elif self._is_reshape(node):
                 self._reshape(node)
+            elif self._is_state_item(node):
+                self._refuse(node, f"it reads item {node.args[1]} of what {describe(node.args[0], self.modules)} "
+                                   "returns, the neuron's state (a membrane or current); NIR neurons keep their "
+                                   "state inside and emit only spikes",
+                             "Use only the neuron's spikes (snnTorch: output=False), or use ONNX "
+                             f"({_ONNX_REMEDY})")
             else:
                 self._refuse(node, f"{describe(node, self.modules)} has no NIR equivalent",
                              "NIR graphs hold synapses (conv, linear, scale), average pooling, flatten, "
@@ -214,6 +250,12 @@ class _GraphBuilder:
         return (node.op == "call_function" and node.target is operator.getitem and node.args[1:] == (0,)
                 and isinstance(node.args[0], fx.Node) and node.args[0] in self.sources
                 and node.args[0].op == "call_module")
+
+    def _is_state_item(self, node: fx.Node) -> bool:
+        """An item other than the spikes of what a framework's neuron call returns (snnTorch's ``(spk, mem)``)."""
+        source = node.args[0] if node.op == "call_function" and node.target is operator.getitem else None
+        return (isinstance(source, fx.Node) and source.op == "call_module"
+                and adapter_for(self.modules[source.target]) is not None and node.args[1:] != (0,))
 
     def _features(self, node: fx.Node) -> tuple[int, ...]:
         return tuple(node.meta["tensor_meta"].shape)[self.b:]

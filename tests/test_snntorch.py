@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -223,3 +224,151 @@ def test_a_network_mixing_frameworks_is_refused():
     with pytest.raises(rs.UnsupportedPatternError, match=r"'3'.*mixes neurons of snntorch \('1'\) and spikingjelly \('3'\)"):
         rs.convert_model(net, nets.vectors()[0])
     assert framework_of(nets.sequential("leaky")).name == "snntorch"
+
+
+# -------------------------------------------------------------------------- NIR
+def _nir_net(kind: str) -> nn.Module:
+    """``init_hidden`` neurons with the reset NIR's LIF/CubaLIF have (``reset_mechanism="zero"``), thresholds 0.5."""
+    zero = {"reset_mechanism": "zero", "init_hidden": True, "threshold": 0.5}
+    if kind == "linear":
+        return nn.Sequential(nn.Linear(8, 6), snn.Leaky(beta=0.5, **zero), nn.Linear(6, 6),
+                             snn.Leaky(beta=0.5, **zero), nn.Linear(6, 3))
+    if kind == "conv":  # conv, strided conv, flatten, linear; per-neuron beta in the linear layer
+        return nn.Sequential(nn.Conv2d(1, 4, 3), snn.Leaky(beta=0.5, **zero), nn.Conv2d(4, 4, 3, stride=2),
+                             snn.Leaky(beta=0.5, **zero), nn.Flatten(), nn.Linear(36, 8),
+                             snn.Leaky(beta=torch.full((8,), 0.5), learn_beta=True, **zero), nn.Linear(8, 3))
+    if kind == "synaptic":  # NIR's CubaLIF is Synaptic with the reset right after the spike
+        return nn.Sequential(nn.Linear(8, 6), snn.Leaky(beta=0.5, **zero), nn.Linear(6, 6),
+                             snn.Synaptic(alpha=0.5, beta=0.5, reset_delay=False, **zero), nn.Linear(6, 3))
+    raise ValueError(kind)
+
+
+def _read_back(graph) -> nn.Module:
+    """The graph through snnTorch's own importer (``snntorch.import_nir.import_from_nir``).
+
+    snnTorch 1.0 applies NIR's ``Flatten`` dims, which count over one sample's features, from
+    the batch dim (``nn.Flatten(0, 2)`` on ``[N, C, H, W]``); the importer's flattens are moved
+    one dim on, everything else is its own.
+    """
+    import contextlib
+    import io
+
+    from snntorch.import_nir import import_from_nir
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints a progress line and weight-scale notes
+        back = import_from_nir(graph)
+    for name, m in list(back.named_children()):
+        if isinstance(m, nn.Flatten):
+            assert (m.start_dim, m.end_dim) == (graph.nodes[name].start_dim, graph.nodes[name].end_dim)
+            setattr(back, name, nn.Flatten(m.start_dim + 1, m.end_dim + 1))
+    return back
+
+
+def _run_read_back(back: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, int]]:
+    """``back``'s outputs over the steps of ``x`` (nirtorch's ``(y, state)`` calls), and each neuron's spike count."""
+    counts: dict[str, int] = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: counts.__setitem__(
+        name, counts.get(name, 0) + int(out.sum()))) for name, m in back.named_modules() if is_neuron(m)]
+    ys = []
+    with torch.no_grad():
+        for xt in x:
+            y, _ = back(xt)
+            ys.append(y)
+    for h in hooks:
+        h.remove()
+    return torch.stack(ys), counts
+
+
+@pytest.mark.parametrize("kind, example, converted, nodes", [
+    ("linear", nets.vectors, 2, ["Input", "Affine", "LIF", "Affine", "LIF", "Affine", "Output"]),
+    ("conv", lambda: nets.image(), 3,
+     ["Input", "Conv2d", "LIF", "Conv2d", "LIF", "Flatten", "Affine", "LIF", "Affine", "Output"]),
+    ("synaptic", nets.vectors, 1, ["Input", "Affine", "LIF", "Affine", "CubaLIF", "Affine", "Output"]),
+])
+def test_folded_net_exports_to_nir_that_snntorchs_importer_reads_back_bit_identical(tmp_path, kind, example,
+                                                                                  converted, nodes):
+    nir = pytest.importorskip("nir")
+    x = example() * 2 if kind == "conv" else example()
+    model = rs.convert_model(_nir_net(kind), x[0])
+    assert len(rs.conversion_report(model).converted) == converted  # Synaptic(reset_delay=False) stays binary
+    make_dyadic(model, x[0])  # random, also negative, amplitudes: fold puts them into the weights
+    deploy = rs.fold(model)
+    graph = rs.export_nir(deploy, tmp_path / "m.nir", x[0])
+    assert [type(n).__name__ for n in graph.nodes.values()] == nodes
+    lif = next(n for n in graph.nodes.values() if isinstance(n, nir.LIF))  # snnTorch's convention, beta = 1/2
+    assert np.all(lif.tau == 2 * rs.NIR_DT) and np.all(lif.r == 2.0) and not lif.v_leak.any() and not lif.v_reset.any()
+    assert np.all(lif.v_threshold == 0.5)
+    back = _read_back(nir.read(tmp_path / "m.nir"))
+    leaky = [m for m in back.modules() if is_neuron(m)]
+    assert all(m.reset_mechanism == "zero" and not m.reset_delay for m in leaky)  # what NIR's reset reads as
+    y, counts = _run_read_back(back, x)
+    assert len(counts) == nodes.count("LIF") + nodes.count("CubaLIF") and all(c > 0 for c in counts.values()), counts
+    assert torch.equal(y, run(deploy, x, steps=True))
+    assert torch.equal(y, run(model, x, steps=True))  # the trained network, amplitudes and all
+
+
+def test_graded_spikes_factor_of_a_plain_net_is_in_the_nir_weights():
+    pytest.importorskip("nir")
+    x = nets.vectors()
+    net = _nir_net("linear")
+    make_dyadic(net, x[0])
+    net[1].graded_spikes_factor = torch.tensor(3.0)
+    net[3].graded_spikes_factor = nn.Parameter(torch.tensor(3.0))  # learned in plain snnTorch
+    graph = rs.export_nir(net, None, x[0])  # a plain net: converted and folded first
+    for neuron, synapse in (("_1", "_2___1"), ("_3", "_4___3")):  # the Linear after each neuron carries its 3.0
+        assert np.array_equal(graph.nodes[synapse].weight, 3.0 * net[int(neuron[1]) + 1].weight.detach().numpy())
+    y, counts = _run_read_back(_read_back(graph), x)
+    assert all(c > 0 for c in counts.values()), counts
+    assert torch.equal(y, run(net, x, steps=True))  # the plain snnTorch network's own outputs
+    assert float(net[1].graded_spikes_factor) == 3.0  # the user's network is untouched
+
+
+def test_only_leakys_zero_reset_is_naturally_the_reset_nir_neurons_do():
+    """Why `SnnTorchAdapter.nir_node` refuses the other resets: snnTorch's delayed reset (the default) equals
+    resetting right after the spike, as NIR and snnTorch's importer (``reset_delay=False``) do, only there."""
+    x = torch.rand(16, 4, 12, generator=torch.Generator().manual_seed(0)) * 2
+
+    def spikes(neuron: nn.Module) -> torch.Tensor:
+        return torch.stack([neuron(xt) for xt in x])
+
+    def pair(cls, **kwargs):
+        return [spikes(cls(threshold=1.0, init_hidden=True, reset_delay=delay, **kwargs)) for delay in (True, False)]
+
+    leaky_zero = pair(snn.Leaky, beta=0.5, reset_mechanism="zero")
+    assert torch.equal(*leaky_zero) and leaky_zero[0].sum() > 0
+    assert not torch.equal(*pair(snn.Leaky, beta=0.5, reset_mechanism="subtract"))
+    assert not torch.equal(*pair(snn.Synaptic, alpha=0.5, beta=0.5, reset_mechanism="zero"))
+
+
+def _leaky_net(**last) -> nn.Module:
+    zero = {"reset_mechanism": "zero", "init_hidden": True}
+    return nn.Sequential(nn.Linear(8, 6), snn.Leaky(beta=0.5, **zero), nn.Linear(6, 3),
+                         snn.Leaky(beta=0.5, **{**zero, **last}))
+
+
+@pytest.mark.parametrize("build, convert, match", [
+    (lambda: nets.sequential("leaky"), {},
+     r"node '_1'.*Leaky.*reset_mechanism='subtract', snnTorch's default.*reset_mechanism='zero' for NIR"),
+    (lambda: nets.sequential("leaky", reset_mechanism="none"), {}, r"node '_1'.*never resets"),
+    (lambda: nets.sequential("synaptic", reset_mechanism="zero"), {},
+     r"node '_1'.*Synaptic.*reset_delay=True zeroes the whole membrane update"),
+    (lambda: nets.sequential("rleaky", reset_mechanism="zero"), {}, r"node '_1'.*RLeaky.*recurrent weights"),
+    (lambda: nets.sequential("lapicque", reset_mechanism="zero"), {}, r"node '_1'.*Lapicque has no NIR neuron"),
+    (lambda: nets.sequential("alpha", reset_mechanism="zero"), {}, r"node '_1'.*Alpha's excitatory and inhibitory"),
+    (lambda: nets.sequential("leaky", reset_mechanism="zero"), {"spike": "ternary"},
+     r"node '_1'.*TernaryLeaky.*ternary spikes"),
+    (lambda: _leaky_net(graded_spikes_factor=3.0), {}, r"node '_3'.*graded_spikes_factor=3, which fold did not"),
+    (lambda: _leaky_net(output=True), {}, r"node 'getitem_1'.*item 1 of what '_3' \(Leaky\).*output=False"),
+    (lambda: nn.Sequential(nn.Linear(8, 6), snn.Leaky(beta=1.0, reset_mechanism="zero", init_hidden=True),
+                           nn.Linear(6, 3)), {}, r"node '_1'.*beta = 1 \(no leak\)"),
+    (lambda: _leaky_net(threshold=-0.25), {}, r"node '_3'.*threshold is negative"),
+    (lambda: nets.conv_tutorial6(), {}, r"node '_1'.*MaxPool2d.*NIR has no max pooling"),
+])
+def test_what_nir_cannot_carry_is_refused_naming_the_node(tmp_path, build, convert, match):
+    pytest.importorskip("nir")
+    x = nets.image() if "MaxPool" in match else nets.vectors()
+    model = rs.convert_model(build(), x[0], **convert)
+    path = tmp_path / "refused.nir"
+    with pytest.raises(rs.UnsupportedPatternError, match=match):
+        rs.export_nir(rs.fold(model), path, x[0])
+    assert not path.exists()

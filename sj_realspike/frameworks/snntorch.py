@@ -32,6 +32,11 @@ SpikingJelly network. What this adapter knows about them, measured on snntorch 1
   spikes by ``graded_spikes_factor``, which an amplitude would change), and the other
   spiking modules (``RSynaptic``, ``SLSTM``, ``SConv2dLSTM``, ``LeakyParallel``,
   ``StateLeaky``, …).
+* **NIR** (`SnnTorchAdapter.nir_node`, snnTorch's own ``export_nir`` conventions, read back
+  by its ``import_from_nir``): ``Leaky(reset_mechanism="zero")`` → ``LIF``,
+  ``Synaptic(reset_mechanism="zero", reset_delay=False)`` → ``CubaLIF``, spike for spike; the
+  other resets (``"subtract"``, the default), ``RLeaky``, ``Lapicque``, ``Alpha`` and
+  `TernaryLeaky` are refused with the reason.
 """
 
 from __future__ import annotations
@@ -308,8 +313,43 @@ class SnnTorchAdapter(FrameworkAdapter):
 
     # ----------------------------------------------------------------------- NIR
     def nir_node(self, m: nn.Module, nir: Any, features: tuple[int, ...], dt: float) -> Any:
-        raise Refusal(f"snnTorch's {type(m).__name__} has no NIR mapping in sj_realspike yet",
-                      f"Use ONNX ({_ONNX_REMEDY})")
+        """``Leaky`` → ``nir.LIF``, ``Synaptic`` → ``nir.CubaLIF``, in snnTorch's own NIR conventions.
+
+        snnTorch's exporter and importer (``snntorch.export_nir``/``import_nir``) read one
+        step as forward Euler with ``dt``: ``τ = dt/(1 − β)``, ``r = τ/dt``, ``v_leak = 0``
+        gives ``mem = β·mem + x``; ``Synaptic`` adds ``τ_syn = dt/(1 − α)``, ``w_in = τ_syn/dt``
+        (``syn = α·syn + x``, ``mem = β·mem + syn``). NIR neurons reset to ``v_reset`` right
+        after a spike, which is what snnTorch computes, spike for spike, only for
+        ``reset_mechanism="zero"`` on ``Leaky`` (either ``reset_delay``: zeroing last step's
+        membrane before the decay is zeroing it after the spike) and on ``Synaptic`` with
+        ``reset_delay=False``; every other reset is refused. snnTorch's importer hard-codes
+        ``dt = 1e-4`` (`sj_realspike.NIR_DT`); ``β`` read back from ``τ`` in float64 rounds to
+        the same float32.
+        """
+        import numpy as np
+
+        name = type(m).__name__
+        refusal = _nir_refusal(m, self.is_ternary(m))
+        if refusal is not None:
+            raise refusal
+
+        def full(value: torch.Tensor) -> np.ndarray:
+            return np.broadcast_to(value.detach().double().cpu().numpy(), features).copy()
+
+        def tau(decay: torch.Tensor, what: str) -> np.ndarray:
+            d = full(decay.clamp(0, 1))  # snnTorch clamps its decays to [0, 1] in forward
+            if np.any(d == 1.0):
+                raise Refusal(f"{what} = 1 (no leak) makes NIR's time constant dt/(1 - {what}) infinite",
+                              f"Keep {what} < 1 on this {name}, or use ONNX ({_ONNX_REMEDY})")
+            return dt / (1.0 - d)
+
+        zeros = np.zeros(features)
+        tau_mem = tau(m.beta, "beta")
+        common = dict(r=tau_mem / dt, v_leak=zeros, v_threshold=full(m.threshold), v_reset=zeros.copy())
+        if isinstance(m, snntorch.Synaptic):
+            tau_syn = tau(m.alpha, "alpha")
+            return nir.CubaLIF(tau_syn=tau_syn, tau_mem=tau_mem, w_in=tau_syn / dt, **common)
+        return nir.LIF(tau=tau_mem, **common)
 
     def make_dyadic(self, m: nn.Module) -> None:
         with torch.no_grad():
@@ -324,6 +364,66 @@ class SnnTorchAdapter(FrameworkAdapter):
                     value = getattr(m, key, None)
                     if isinstance(value, torch.Tensor):
                         value.fill_(0.5)
+
+
+def _nir_refusal(m: nn.Module, ternary: bool) -> Refusal | None:
+    """Why deploy neuron ``m`` has no exact NIR node (``None``: `SnnTorchAdapter.nir_node` maps it).
+
+    NIR's ``LIF``/``CubaLIF`` fire ``{0, 1}`` at ``v > v_threshold`` and set ``v = v_reset``
+    right after a spike. snnTorch's delayed reset (``reset_delay=True``) of ``Synaptic``,
+    ``RLeaky`` and ``Lapicque`` zeroes or lowers the whole update of the step after the spike,
+    input included, so their spike trains differ from NIR's (``Leaky``'s zeroes only the old
+    membrane, before it decays, which is NIR's reset).
+    """
+    name = type(m).__name__
+    onnx = f"use ONNX ({_ONNX_REMEDY})"
+    if ternary:
+        return Refusal("it emits ternary spikes {-1, 0, 1}; NIR neurons emit {0, 1}",
+                       f"Train binary spikes (spike='real') for neuromorphic targets, or {onnx}")
+    if isinstance(m, snntorch.Alpha):
+        return Refusal("Alpha's excitatory and inhibitory synaptic currents have no NIR neuron model",
+                       f"Use Leaky, or {onnx}")
+    if isinstance(m, snntorch.RLeaky):
+        return Refusal("its recurrent weights live inside the neuron and it resets one step late, which "
+                       "sj_realspike does not express in NIR", f"Use Leaky after a Linear layer, or {onnx}")
+    if not isinstance(m, (snntorch.Leaky, snntorch.Synaptic)):  # Lapicque, and what is not a neuron
+        return Refusal(f"{name} has no NIR neuron model in sj_realspike (Leaky and Synaptic have)",
+                       f"Use Leaky, or {onnx}")
+    if m.reset_mechanism == "subtract":
+        return Refusal("it resets by subtracting the threshold (reset_mechanism='subtract', snnTorch's default); "
+                       "NIR neurons reset to v_reset", f"Train with reset_mechanism='zero' for NIR targets, or {onnx}")
+    if m.reset_mechanism != "zero":
+        return Refusal(f"it never resets (reset_mechanism={m.reset_mechanism!r}); NIR neurons reset to v_reset "
+                       "after every spike", f"Train with reset_mechanism='zero' for NIR targets, or {onnx}")
+    if isinstance(m, snntorch.Synaptic) and m.reset_delay:
+        return Refusal("its reset_mechanism='zero' with reset_delay=True zeroes the whole membrane update of the "
+                       "step after a spike, input included; NIR's CubaLIF resets right after the spike and "
+                       "integrates that input",
+                       f"Use Synaptic(reset_mechanism='zero', reset_delay=False) or Leaky(reset_mechanism='zero'), "
+                       f"or {onnx}")
+    if m.inhibition:
+        return Refusal("inhibition=True fires only the largest membrane; NIR neurons fire independently",
+                       f"Set inhibition=False, or {onnx}")
+    if m.state_quant:
+        return Refusal("it quantizes its state (state_quant), which NIR neurons do not", f"Drop state_quant, or {onnx}")
+    if not _surrogate_is_heaviside(m):
+        return Refusal(f"its spike_grad's forward ({type(m.spike_grad).__name__}) is not the step [v > threshold] "
+                       "that NIR neurons fire with", f"Use one of snnTorch's surrogates, or {onnx}")
+    if bool((m.threshold.detach() < 0).any()):
+        return Refusal("its threshold is negative: it fires at rest (v = 0), where snnTorch's reset right after the "
+                       "spike (reset_delay=False, what its NIR importer builds) no longer zeroes the membrane",
+                       f"Use thresholds >= 0, or {onnx}")
+    g = m.graded_spikes_factor.detach()
+    if g.numel() != 1 or float(g) != 1.0:
+        return Refusal(f"its spikes are scaled by graded_spikes_factor={_short(g)}, which fold did not move into a "
+                       "synapse (the spikes reach the network output, or the neuron was not converted); NIR "
+                       "neurons emit {0, 1}",
+                       f"Let a Linear/conv layer read its spikes (fold scales its weights), or {onnx}")
+    return None
+
+
+def _short(t: torch.Tensor) -> str:
+    return f"{float(t):g}" if t.numel() == 1 else f"a tensor of shape {tuple(t.shape)}"
 
 
 def _step(x: torch.Tensor) -> torch.Tensor:

@@ -296,7 +296,10 @@ def to_markdown(results: list[Cell], expected: dict[str, int]) -> str:
                   "caller ([N, ...] per call) and exported over the whole [T, N, ...] sequence, networks that keep "
                   "`(spk, mem)` in locals run their own time loop. Real spikes, channel granularity. Tests with "
                   "every neuron type, ternary `TernaryLeaky`, layer/element granularity and bit-exact folds: "
-                  "tests/test_snntorch.py. NIR export of snnTorch networks is refused (no mapping yet).", "",
+                  "tests/test_snntorch.py. NIR export: `Leaky(reset_mechanism=\"zero\")` → `LIF` and "
+                  "`Synaptic(reset_mechanism=\"zero\", reset_delay=False)` → `CubaLIF`, read back bit-identical by "
+                  "snnTorch's `import_from_nir`; the tutorial nets (max pooling, subtract reset, `output=True` "
+                  "membrane) are refused naming the node.", "",
                   "| network | source | what it exercises | neuron | converted / total | result | notes |",
                   "|---|---|---|---|---|---|---|"]
         for c in by_table["snntorch"]:
