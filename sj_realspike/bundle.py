@@ -10,10 +10,12 @@ limited, and everything is checked before anything is imported or built:
 2. the weights: ``torch.load(weights_only=True, mmap=True)``, so no pickled code runs and
    tensor data stays on disk until it is copied into the model;
 3. the manifest: a JSON object of bounded size and depth, every field checked (`_SCHEMA`);
-4. trust: the factory must be defined in SpikingJelly's model zoo
-   (``spikingjelly.activation_based.model``) and kwargs may name only classes from
-   SpikingJelly's neuron, surrogate, layer and model modules, unless the user trusts more
-   modules (``trust=["mypkg.models"]``, CLI ``--trust mypkg.models``);
+4. trust: the factory must be defined in an installed framework's model zoo
+   (SpikingJelly's ``spikingjelly.activation_based.model``, Norse's ``norse.torch.models``;
+   each adapter's ``model_zoo``) and kwargs may name only classes from the frameworks'
+   neuron, surrogate, layer and model modules (``kwarg_classes``: SpikingJelly's, Norse's
+   modules, snnTorch's neurons), unless the user trusts more modules
+   (``trust=["mypkg.models"]``, CLI ``--trust mypkg.models``);
 5. size: the network the kwargs build (counted on the meta device first) must fit the
    tensor data the bundle holds, and the tensor data the rebuilt model.
 """
@@ -41,6 +43,7 @@ from .atomic import atomic_write
 from .config import SpikeConfig
 from .convert import convert_model
 from .errors import RealSpikeError
+from .frameworks import adapters, reset
 from .fold import fold
 from .report import record_of
 
@@ -52,11 +55,6 @@ FORMAT_VERSION = 1
 _REFERENCE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*|\.[A-Za-z_]\w*)$")
 _MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
-#: Where factories may come from without ``trust``.
-ZOO = "spikingjelly.activation_based.model"
-#: Where classes named in kwargs (neurons, surrogates, layers, zoo blocks) may come from without ``trust``.
-KWARG_MODULES = ("spikingjelly.activation_based.neuron", "spikingjelly.activation_based.surrogate",
-                 "spikingjelly.activation_based.layer", ZOO)
 
 MiB = 1 << 20
 MAX_MANIFEST_CHARS = 1 * MiB
@@ -226,10 +224,12 @@ def _untrusted(what: str, reference: str, module: str, allowed: str) -> BundleEr
                        f"would run its code: pass trust=['{module}'] / --trust {module} if you trust it")
 
 
-def _check_reference(what: str, reference: str, roots: tuple[str, ...], allowed: str) -> None:
-    """Refuse, by name alone (nothing imported yet), a reference outside ``roots`` or into private names."""
+def _check_reference(what: str, reference: str, roots: tuple[str, ...], allowed: str,
+                     packages: tuple[str, ...] = ()) -> None:
+    """Refuse, by name alone (nothing imported yet), a reference outside ``roots`` (or one of ``packages``
+    itself) or into private names."""
     module, attr = _split(reference)
-    if not _within(module, roots):
+    if not (_within(module, roots) or module in packages):
         raise _untrusted(what, reference, module, allowed)
     private = next((p for p in attr.split(".") if p.startswith("_")), None)
     if private:
@@ -237,9 +237,10 @@ def _check_reference(what: str, reference: str, roots: tuple[str, ...], allowed:
                           f"function or class")
 
 
-def _import(what: str, reference: str, roots: tuple[str, ...], allowed: str) -> Any:
+def _import(what: str, reference: str, roots: tuple[str, ...], allowed: str,
+            packages: tuple[str, ...] = ()) -> Any:
     """The object ``reference`` names, after `_check_reference`; it must be defined inside ``roots``."""
-    _check_reference(what, reference, roots, allowed)
+    _check_reference(what, reference, roots, allowed, packages)
     module_name, attr_path = _split(reference)
     try:
         obj: Any = importlib.import_module(module_name)
@@ -279,7 +280,7 @@ def _check_kwargs(kwargs: dict[str, Any], roots: tuple[str, ...]) -> dict[str, s
     for key, value in kwargs.items():
         if isinstance(value, str):
             if _looks_like_reference(value):
-                _check_reference(f"kwargs['{key}'] =", value, roots, _KWARG_ALLOWED)
+                _check_reference(f"kwargs['{key}'] =", value, roots, _KWARG_ALLOWED, _reexporting())
                 references[key] = value
             continue
         stack = [(value, f"['{key}']")]
@@ -295,8 +296,25 @@ def _check_kwargs(kwargs: dict[str, Any], roots: tuple[str, ...]) -> dict[str, s
     return references
 
 
-_ZOO_ALLOWED = f"SpikingJelly's model zoo ({ZOO})"
-_KWARG_ALLOWED = "SpikingJelly's neuron, surrogate, layer and model modules"
+def _model_zoos() -> tuple[str, ...]:
+    """Where factories may come from without ``trust``: the installed frameworks' model zoos."""
+    return tuple(z for a in adapters() for z in a.model_zoo)
+
+
+def _kwarg_classes() -> tuple[str, ...]:
+    """Where classes named in kwargs (neurons, surrogates, layers, zoo blocks) may be defined without ``trust``."""
+    return tuple(m for a in adapters() for m in a.kwarg_classes)
+
+
+def _reexporting() -> tuple[str, ...]:
+    """Framework packages that re-export their neuron classes (``snntorch.Leaky``): a kwargs reference
+    may name a class through the package itself (not its other submodules); the class must still be
+    defined in `_kwarg_classes`."""
+    return tuple(a.package for a in adapters() if a.kwarg_classes)
+
+
+_ZOO_ALLOWED = "SpikingJelly's model zoo (spikingjelly.activation_based.model) or Norse's (norse.torch.models)"
+_KWARG_ALLOWED = "the frameworks' neuron, surrogate, layer and model modules"
 
 
 def resolve_kwargs(kwargs: dict[str, Any], *, trust: Iterable[str] = ()) -> dict[str, Any]:
@@ -312,11 +330,12 @@ def resolve_kwargs(kwargs: dict[str, Any], *, trust: Iterable[str] = ()) -> dict
         BundleError: a reference outside those modules (checked before importing it), to
             something that is not a class, or that does not import.
     """
-    roots = (*KWARG_MODULES, *_roots(trust))
-    references = _check_kwargs(kwargs, roots)
+    trusted = _roots(trust)
+    references = _check_kwargs(kwargs, (*_kwarg_classes(), *trusted))
     resolved = dict(kwargs)
     for key, reference in references.items():
-        obj = _import(f"kwargs['{key}'] =", reference, roots, _KWARG_ALLOWED)
+        obj = _import(f"kwargs['{key}'] =", reference, (*_kwarg_classes(), *trusted), _KWARG_ALLOWED,
+                      _reexporting())
         if not isinstance(obj, type):
             raise BundleError(f"kwargs['{key}'] = '{reference}' is a {type(obj).__name__}, not a class: kwargs "
                               f"may name only classes (neurons, surrogates, layers)")
@@ -330,9 +349,9 @@ def _resolve(manifest: dict[str, Any], trust: Iterable[str], trust_factory: bool
     validate_manifest(manifest, ("factory", "kwargs"))
     reference, kwargs = manifest["factory"], manifest.get("kwargs", {})
     trusted = _roots(trust) + ((_split(reference)[0],) if trust_factory else ())
-    _check_reference("factory", reference, (ZOO, *trusted), _ZOO_ALLOWED)
-    _check_kwargs(kwargs, (*KWARG_MODULES, *trusted))
-    factory = _import("factory", reference, (ZOO, *trusted), _ZOO_ALLOWED)
+    _check_reference("factory", reference, (*_model_zoos(), *trusted), _ZOO_ALLOWED)
+    _check_kwargs(kwargs, (*_kwarg_classes(), *trusted))
+    factory = _import("factory", reference, (*_model_zoos(), *trusted), _ZOO_ALLOWED)
     if not (inspect.isfunction(factory) or isinstance(factory, type)):
         raise BundleError(f"factory '{reference}' is a {type(factory).__name__}, not a function or class")
     return factory, resolve_kwargs(kwargs, trust=trusted)
@@ -512,7 +531,7 @@ def load_bundle(path: str | Path, *, trust: Iterable[str] = ()) -> nn.Module:
         lines = str(e).splitlines()
         raise BundleError(f"bundle {path}: weights do not fit the model rebuilt from its manifest: "
                           f"{lines[1].strip() if len(lines) > 1 else e}") from None
-    functional.reset_net(model)
+    reset(model)
     record_source(model, manifest["factory"], manifest["kwargs"], manifest["step_mode"])
     return model
 

@@ -79,7 +79,7 @@ def _add_trust(p: argparse.ArgumentParser, extra: str = "") -> None:
     """``--trust MODULE`` (repeatable): modules a bundle's factory and kwargs may come from."""
     p.add_argument("--trust", action="append", default=[], metavar="MODULE",
                    help="also allow factories and kwargs classes from MODULE and its submodules (loading runs "
-                        f"their code; SpikingJelly's zoo, neurons, surrogates and layers need none){extra}; "
+                        f"their code; the frameworks' zoos, neurons, surrogates and layers need none){extra}; "
                         "repeatable")
 
 

@@ -14,12 +14,12 @@ import onnx
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from spikingjelly.activation_based import functional
 
 from .atomic import atomic_write
 from .blame import blame_export_failure
 from .errors import RealSpikeError
 from .fold import NotConvertedWarning, fold
+from .frameworks import reset
 from .layout import input_layout_of
 from .lowering import lower_for_export, step_mode_of
 from .neurons import is_neuron, is_ternary
@@ -252,12 +252,12 @@ def _export(lowered: fx.GraphModule, inputs: list[tuple[torch.Tensor, str, int]]
         while root.__cause__ is not None:
             root = root.__cause__
         first = re.sub(r"\x1b\[[0-9;]*m", "", str(root)).strip().split("\n")[0]
-        blamed = blame_export_failure(lowered, args[0], functional.reset_net) if len(args) == 1 else None
+        blamed = blame_export_failure(lowered, args[0], reset) if len(args) == 1 else None
         if blamed is not None:
             raise blamed from e
         raise ExportError(f"torch.onnx.export failed on the lowered deploy model ({type(root).__name__}: {first})") from e
     finally:
-        functional.reset_net(lowered)
+        reset(lowered)
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     _compact(program.model)

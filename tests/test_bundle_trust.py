@@ -327,6 +327,40 @@ def test_zoo_bundle_loads_without_trust_and_names_its_entries(tmp_path):
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
 
 
+def test_norse_zoo_bundle_loads_without_trust(tmp_path):
+    norse_conv = pytest.importorskip("norse.torch.models.conv")
+    net = norse_conv.ConvNet()
+    x = torch.rand(2, 1, 1, 28, 28) * 4
+    model = rs.convert_model(net, x)
+    assert len(rs.conversion_report(model).converted) == 2
+    rs.save_bundle(model, tmp_path / "norse.bundle", factory="norse.torch.models.conv:ConvNet", kwargs={})
+    loaded = rs.load_bundle(tmp_path / "norse.bundle")
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    model.eval(), loaded.eval()
+    assert torch.equal(model(x), loaded(x))
+
+
+@pytest.mark.parametrize("reference,message", [
+    ("snntorch.utils:reset", r"'snntorch\.utils:reset' is not in .* --trust snntorch\.utils if"),
+    ("norse.torch.functional.lif:lif_step", r"is not in .* --trust norse\.torch\.functional\.lif if"),
+    ("snntorch.spikegen:rate", r"'snntorch\.spikegen:rate' is not in .* --trust snntorch\.spikegen if"),
+    ("snntorch:surrogate", r"goes through module 'snntorch\.surrogate'"),
+])
+def test_kwargs_may_name_snntorch_and_norse_neurons_only(reference, message):
+    from sj_realspike.bundle import resolve_kwargs
+
+    pytest.importorskip("snntorch")
+    pytest.importorskip("norse")
+    import norse.torch as norse_torch
+    import snntorch
+
+    assert resolve_kwargs({"neuron": "snntorch.Leaky"})["neuron"] is snntorch.Leaky
+    assert resolve_kwargs({"layer": "snntorch.GradedSpikes"})["layer"] is snntorch.GradedSpikes
+    assert resolve_kwargs({"neuron": "norse.torch.module.lif:LIFCell"})["neuron"] is norse_torch.LIFCell
+    with pytest.raises(BundleError, match=message):
+        resolve_kwargs({"neuron": reference})
+
+
 def test_test_factory_needs_trust(tmp_path):
     import nets
 

@@ -50,10 +50,16 @@ class FrameworkAdapter:
     Attributes:
         name: the framework's name as users know it (``"spikingjelly"``, ``"snntorch"``).
         package: the top-level Python package whose version bundles and reports record.
+        model_zoo: modules (with their submodules) of the framework's own model factories, which
+            a bundle may name as its factory without ``trust`` (installed code, not the file's).
+        kwarg_classes: modules whose classes (neurons, surrogates, layers) a bundle's factory
+            kwargs may name without ``trust``.
     """
 
     name: str = ""
     package: str = ""
+    model_zoo: tuple[str, ...] = ()
+    kwarg_classes: tuple[str, ...] = ()
 
     # ------------------------------------------------------------ recognition
     def neuron_types(self) -> tuple[type, ...]:
@@ -242,6 +248,14 @@ class FrameworkAdapter:
         """Put ``m``'s own constants on the dyadic grid, in place (`sj_realspike.testing.make_dyadic`).
 
         Decays become 1/2 (or τ = 2), so that every fp32 op of the neuron is exact.
+        """
+
+    def to_double(self, m: nn.Module) -> None:
+        """Make ``m``, already cast with ``.double()``, compute in float64 throughout, in place.
+
+        `sj_realspike.testing.assert_exact_in_fp32` runs a float64 copy of the model; a
+        framework whose spike function returns float32 whatever its input (snnTorch's
+        surrogates: ``(u > 0).float()``) makes its spikes take the membrane's dtype here.
         """
 
     # ----------------------------------------------------------------------- NIR

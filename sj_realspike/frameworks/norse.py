@@ -354,6 +354,8 @@ class NorseAdapter(FrameworkAdapter):
 
     name = "norse"
     package = "norse"
+    model_zoo = ("norse.torch.models.conv", "norse.torch.models.vgg", "norse.torch.models.mobilenet")
+    kwarg_classes = ("norse.torch.module",)
 
     # ------------------------------------------------------------ recognition
     def neuron_types(self) -> tuple[type, ...]:

@@ -135,6 +135,7 @@ class SnnTorchAdapter(FrameworkAdapter):
 
     name = "snntorch"
     package = "snntorch"
+    kwarg_classes = ("snntorch._neurons", "snntorch._layers")  # named as snntorch.Leaky; no model zoo
 
     # ------------------------------------------------------------ recognition
     def neuron_types(self) -> tuple[type, ...]:
@@ -142,6 +143,12 @@ class SnnTorchAdapter(FrameworkAdapter):
 
     def ternary_types(self) -> tuple[type, ...]:
         return (TernaryLeaky, SnnTorchTernaryFire)
+
+    def synapse_types(self) -> tuple[type, ...]:
+        # A lowered neuron's own ops integrate what reaches its membrane: spikes added into it (a shortcut)
+        # or fed back by RLeaky's one-to-one recurrence (V·s, a synapse: fold scales V), then decayed by β.
+        # Those products are its dynamics, not amplitudes; its spikes leave through `SnnTorchFire`.
+        return (LoweredSnnTorchNeuron,)
 
     def owns(self, m: nn.Module) -> bool:
         return isinstance(m, (SpikingNeuron, LoweredSnnTorchNeuron))
@@ -351,6 +358,10 @@ class SnnTorchAdapter(FrameworkAdapter):
             return nir.CubaLIF(tau_syn=tau_syn, tau_mem=tau_mem, w_in=tau_syn / dt, **common)
         return nir.LIF(tau=tau_mem, **common)
 
+    def to_double(self, m: nn.Module) -> None:
+        if isinstance(m, SpikingNeuron) and not isinstance(m.spike_grad, _SpikesInInputDtype):
+            m.spike_grad = _SpikesInInputDtype(m.spike_grad)
+
     def make_dyadic(self, m: nn.Module) -> None:
         with torch.no_grad():
             if isinstance(m, snntorch.Lapicque):  # mem = x·R·(1/(R·C))·Δt + (1 − Δt/(R·C))·mem = x/2 + mem/2
@@ -364,6 +375,21 @@ class SnnTorchAdapter(FrameworkAdapter):
                     value = getattr(m, key, None)
                     if isinstance(value, torch.Tensor):
                         value.fill_(0.5)
+
+
+class _SpikesInInputDtype:
+    """An snnTorch surrogate whose spikes take the membrane's dtype (`SnnTorchAdapter.to_double`).
+
+    snnTorch's surrogate forwards return ``(u > 0).float()``: float32 spikes, which a float64
+    copy's next layer refuses to multiply with its float64 weights. The spikes are 0 and 1
+    (times ``graded_spikes_factor`` later), so the cast is exact.
+    """
+
+    def __init__(self, spike_grad: Any) -> None:
+        self.spike_grad = spike_grad
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        return self.spike_grad(u).to(u.dtype)
 
 
 def _nir_refusal(m: nn.Module, ternary: bool) -> Refusal | None:

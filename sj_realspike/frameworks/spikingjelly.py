@@ -122,6 +122,9 @@ class SpikingJellyAdapter(FrameworkAdapter):
 
     name = "spikingjelly"
     package = "spikingjelly"
+    model_zoo = ("spikingjelly.activation_based.model",)
+    kwarg_classes = ("spikingjelly.activation_based.neuron", "spikingjelly.activation_based.surrogate",
+                     "spikingjelly.activation_based.layer", "spikingjelly.activation_based.model")
 
     # ------------------------------------------------------------ recognition
     def neuron_types(self) -> tuple[type, ...]:
