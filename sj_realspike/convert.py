@@ -169,7 +169,7 @@ def _plan(result: CaptureResult, config: SpikeConfig, default: SpikeSpec, device
     report.total = len(calls)
     report.calls = {t: len(nodes) for t, nodes in calls.items() if len(nodes) > 1}
     # From here on, each call is the node holding its spikes (a (spk, mem) call: its spike item).
-    calls = {t: _spike_nodes(nodes, modules[t]) for t, nodes in calls.items()}
+    calls = {t: spike_nodes(nodes, modules[t]) for t, nodes in calls.items()}
 
     selected: list[_Selected] = []
     for target, nodes in calls.items():
@@ -425,7 +425,7 @@ def _reads_last_dim(node: fx.Node, features: tuple[int, ...], modules: dict[str,
     return False
 
 
-def _spike_nodes(nodes: list[fx.Node], module: nn.Module) -> list[fx.Node]:
+def spike_nodes(nodes: list[fx.Node], module: nn.Module) -> list[fx.Node]:
     """The node holding the spikes of each call of ``module``: the call, or its ``getitem`` of the spike item.
 
     Capture records one ``getitem`` per item of a tuple-returning neuron; a call whose

@@ -165,8 +165,11 @@ class _Walker:
             OpKind.CAT: self._cat,
             OpKind.STACK: self._stack,
         }.get(kind)
-        only_first_input = len(carried) == 1 and node.args[:1] == (carried[0],) and carried[0] not in (
-            *node.args[1:], *node.kwargs.values())
+        inputs = tuple(node.args)
+        if kind is OpKind.SCALAR and not isinstance(inputs[0], fx.Node):  # c * x: the spikes are the second factor
+            inputs = inputs[::-1]
+        only_first_input = len(carried) == 1 and inputs[:1] == (carried[0],) and carried[0] not in (
+            *inputs[1:], *node.kwargs.values())
         if handler is None or (kind not in (OpKind.ADD, OpKind.MATMUL, OpKind.HADAMARD, OpKind.CAT, OpKind.STACK)
                                and not only_first_input):
             self._block(node, carried, self._unsupported_reason(node, kind),
@@ -261,10 +264,14 @@ class _Walker:
 
     def _scalar(self, node: fx.Node) -> None:
         c = scalar_factor(node)
+        if isinstance(node.args[0], fx.Node):  # x * c, x / c
+            spikes, replay = node.args[0], self._replay
+        else:  # c * x, replayed as x * c
+            spikes, replay = node.args[1], self._replay_swapped
         terms = []
-        for t in self._terms(node):
+        for t in self.exprs[spikes]:
             if t.scale is None:
-                terms.append(replace(t, node=self._replay(node, t.node)))
+                terms.append(replace(t, node=replay(node, t.node)))
             else:
                 terms.append(replace(t, scale=t.scale * c))
         self.exprs[node] = tuple(terms)
@@ -678,6 +685,18 @@ class _Walker:
         if key not in self._replayed:
             with self.graph.inserting_before(op):
                 new = self.graph.create_node(op.op, op.target, (x,) + tuple(op.args[1:]), dict(op.kwargs))
+            new.meta = dict(op.meta)
+            self._replayed[key] = new
+        return self._replayed[key]
+
+    def _replay_swapped(self, op: fx.Node, x: fx.Node) -> fx.Node:
+        """Commutative ``c * y`` applied to ``x`` instead of ``y``, as ``x * c``."""
+        if not self.rewrite:
+            return op
+        key = (op, x)
+        if key not in self._replayed:
+            with self.graph.inserting_before(op):
+                new = self.graph.create_node(op.op, op.target, (x, op.args[0]), dict(op.kwargs))
             new.meta = dict(op.meta)
             self._replayed[key] = new
         return self._replayed[key]

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from .amplitude import Amplitude
 from .capture import capture, check_generality
-from .convert import call_after, insert_amplitude, remove_amplitude
+from .convert import call_after, insert_amplitude, remove_amplitude, spike_nodes
 from .errors import UnsupportedPatternError
 from .flow import follow_amplitudes
 from .frameworks import invalidate, reset, step_mode
@@ -192,7 +192,9 @@ def constant_factors_on_spikes(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Nod
     for neuron in gm.graph.nodes:
         if not (neuron.op == "call_module" and is_neuron(modules[neuron.target])):
             continue
-        todo: list[tuple[fx.Node, fx.Node | None]] = [(u, None) for u in neuron.users]
+        # from the spikes: a (spk, mem) call's spike item, not its state items
+        todo: list[tuple[fx.Node, fx.Node | None]] = [
+            (u, None) for spikes in spike_nodes([neuron], modules[neuron.target]) for u in spikes.users]
         seen = set()
         while todo:
             node, factor = todo.pop()
@@ -222,7 +224,9 @@ def _amplitudes_for_constant_factors(gm: fx.GraphModule) -> None:
     device = next((p.device for p in gm.parameters()), torch.device("cpu"))
     added: list[fx.Node] = []
     target = None  # one module for all: sums of such spikes fold as one term (`flow`'s shared amplitudes)
-    for node in dict.fromkeys(neuron for neuron, _ in constant_factors_on_spikes(gm)):
+    neurons = dict.fromkeys(neuron for neuron, _ in constant_factors_on_spikes(gm))
+    # the amplitude goes on the spikes: a (spk, mem) call's spike item (`spike_nodes`), like convert's
+    for node in dict.fromkeys(s for n in neurons for s in spike_nodes([n], modules[n.target])):
         if "tensor_meta" not in node.meta:
             continue
         if any(classify(u, modules) is OpKind.AMPLITUDE for u in node.users):

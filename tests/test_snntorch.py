@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import re
 import warnings
 
@@ -181,6 +182,66 @@ def test_onnx_is_pure_and_bit_identical_to_the_deploy_model(tmp_path, build, exa
     neurons = [name for name, m in model.named_modules() if is_neuron(m)]
     assert sorted(values) == sorted(neurons) and all(v <= {0.0, 1.0} for v in values.values()), values
     assert sum(v == {0.0, 1.0} for v in values.values()) >= len(neurons) - 1, values  # they fire
+
+
+class _OneToOneRecurrent(nn.Module):
+    """``RLeaky(all_to_all=False, V=0.5)`` with ``spk, mem = rlif(cur, spk, mem)`` in locals: V·s fed back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 6), nn.Linear(6, 3)
+        self.rlif = snn.RLeaky(beta=0.5, all_to_all=False, V=0.5, threshold=0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spk, mem = self.rlif.init_rleaky()
+        out = []
+        for step in range(x.shape[0]):
+            spk, mem = self.rlif(self.fc1(x[step]), spk, mem)
+            out.append(self.fc2(spk))
+        return torch.stack(out)
+
+
+@pytest.mark.parametrize("spike, converted", [("real", 1), ("ternary", 0)])  # RLeaky has no ternary twin
+def test_one_to_one_recurrence_is_a_synapse_in_the_onnx_graph(tmp_path, spike, converted):
+    # V·s is the neuron's recurrent synapse (fold scales V by the amplitude), not an unfolded amplitude: purity
+    # used to walk through the lowered neuron's ops of the per-call graph and flag the product.
+    x = nets.vectors()
+    model = _converted(_OneToOneRecurrent(), x, spike=spike)
+    assert len(rs.conversion_report(model).converted) == converted
+    path = rs.export_onnx(rs.fold(model), tmp_path / "v.onnx", x)
+    report = rs.verify(model, path, x)
+    assert report.comparison("trained", "onnx").identical and report.pure and not report.violations
+
+
+class _ScaledSynapticSpikes(nn.Module):
+    """``spk, syn, mem = lif(cur, syn, mem)`` in locals, then ``fc2(0.5 * spk)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.lif, self.fc2 = nn.Linear(8, 6), snn.Synaptic(alpha=0.5, beta=0.5, threshold=0.5), \
+            nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        syn, mem = self.lif.init_synaptic()
+        out = []
+        for step in range(x.shape[0]):
+            spk, syn, mem = self.lif(self.fc1(x[step]), syn, mem)
+            out.append(self.fc2(0.5 * spk))
+        return torch.stack(out)
+
+
+@pytest.mark.parametrize("spike, converted", [("real", ["lif"]), ("ternary", [])])
+def test_a_constant_factor_before_the_spikes_folds_with_or_without_an_amplitude(tmp_path, spike, converted):
+    # `0.5 * spk` (the factor first) used to block the amplitude (only `spk * 0.5` passed), and on a neuron left
+    # binary (Synaptic has no ternary twin) fold looked for the factor on the (spk, syn, mem) tuple, not on spk.
+    x = nets.vectors()
+    model = _converted(_ScaledSynapticSpikes(), x, spike=spike)
+    assert [c.module for c in rs.conversion_report(model).converted] == converted
+    deploy = rs.fold(model)
+    assert not [n for n in deploy.graph.nodes if n.target in (operator.mul, torch.mul)]
+    assert _max_diff(run(deploy, x), run(model, x)) == 0.0
+    report = rs.verify(model, rs.export_onnx(deploy, tmp_path / "c.onnx", x), x)
+    assert report.comparison("trained", "onnx").identical and report.pure and not report.violations
 
 
 def test_ternary_onnx_spikes_are_ternary(tmp_path):
