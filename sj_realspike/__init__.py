@@ -36,7 +36,7 @@ _EXPORTS = {
     "fold": "fold",
     "fuse_batchnorm": "fold",
     "lower_for_export": "lowering",
-    "TernaryParametricLIFNode": "neurons",
+    "TernaryParametricLIFNode": "frameworks.spikingjelly",
     "NIR_DT": "nir_export",
     "export_nir": "nir_export",
     "import_nir": "nir_export",
@@ -95,8 +95,8 @@ if TYPE_CHECKING:  # what static checkers and IDEs see: the eager imports
     from .errors import ConfigError, RealSpikeError, UnsupportedPatternError
     from .export import ExportError, export_onnx
     from .fold import fold, fuse_batchnorm
+    from .frameworks.spikingjelly import TernaryParametricLIFNode
     from .lowering import lower_for_export
-    from .neurons import TernaryParametricLIFNode
     from .nir_export import NIR_DT, export_nir, import_nir
     from .report import ConversionReport, FoldReport, conversion_report, fold_report
     from .runtime import OnnxRunner

@@ -1,5 +1,12 @@
 """Export-friendly twins of the deploy model's neurons and fold-made synapses.
 
+Nothing here knows a framework. `LoweredNeuron` is an IF/LIF/PLIF neuron given by its
+numbers (threshold, reset, charge, decay): an adapter whose neurons follow these
+equations lowers them to it (`FrameworkAdapter.lower`; SpikingJelly's IF/LIF/PLIF and
+their ternary twins: `sj_realspike.frameworks.spikingjelly`), and the stream export
+(`sj_realspike.stream`) carries the membranes of exactly these neurons. The synapse
+lowerings replace the fold-made synapses (`sj_realspike.synapses`), whatever the framework.
+
 Each module here computes what its original computes, written so that
 ``torch.onnx.export`` emits a short sequence of standard ONNX ops that
 onnxruntime runs fast on CPU:
@@ -33,31 +40,22 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from spikingjelly.activation_based import neuron
 
-from .neurons import TernaryParametricLIFNode
 from .synapses import DiagonalSynapse, UnsharedConv2d
 
 __all__ = [
-    "LOWERABLE_NEURONS",
     "LoweredBinaryNeuron",
     "LoweredDiagonalSynapse",
     "LoweredNeuron",
     "LoweredTernaryNeuron",
     "LoweredUnsharedConv2d",
-    "lower_neuron",
-    "unsupported_neuron_reason",
 ]
-
-_BINARY = (neuron.IFNode, neuron.LIFNode, neuron.ParametricLIFNode)
-_TERNARY = (neuron.TernaryIFNode, neuron.TernaryLIFNode, TernaryParametricLIFNode)
-LOWERABLE_NEURONS: tuple[type, ...] = _BINARY + _TERNARY
 
 
 class LoweredNeuron(nn.Module):
     """A stateless multi-step neuron: the whole sequence in, the whole spike train out.
 
-    Charge (SpikingJelly's equations, ``v_r`` the reset voltage, 0 for soft reset)::
+    Charge (SpikingJelly's equations and operation order, ``v_r`` the reset voltage, 0 for soft reset)::
 
         IF:    h = v + x
         LIF:   h = v + (x − (v − v_r)) / τ          (decay_input)
@@ -231,44 +229,6 @@ class LoweredTernaryNeuron(LoweredNeuron):
             return self.hard_reset(h, (h.abs() < th).to(h.dtype), None)
         fired = s.abs()
         return self.hard_reset(h, 1.0 - fired, fired)
-
-
-def unsupported_neuron_reason(m: nn.Module) -> str | None:
-    """Why neuron ``m`` has no lowering (``None`` if `lower_neuron` takes it)."""
-    if type(m) not in LOWERABLE_NEURONS:
-        return (f"{type(m).__name__} has no compact lowering (lowered: "
-                f"{', '.join(c.__name__ for c in LOWERABLE_NEURONS)})")
-    if getattr(m.surrogate_function, "spiking", True) is False:
-        return "its surrogate runs with spiking=False, so it emits analog values"
-    if getattr(m, "_neuron_precision", None) is not None:
-        return "it runs with a custom neuron precision (Triton kernels)"
-    return None
-
-
-def lower_neuron(m: nn.Module, time_steps: int | None = None) -> LoweredNeuron:
-    """The export-friendly equivalent of a SpikingJelly IF/LIF/PLIF neuron or its ternary twin.
-
-    Args:
-        m: an ``IFNode``, ``LIFNode``, ``ParametricLIFNode``, ``TernaryIFNode``,
-            ``TernaryLIFNode`` or `TernaryParametricLIFNode` (exact types: subclasses
-            may change the dynamics).
-        time_steps: see `LoweredNeuron`.
-
-    Raises:
-        ValueError: ``m`` cannot be lowered (the message says why).
-    """
-    reason = unsupported_neuron_reason(m)
-    if reason is not None:
-        raise ValueError(reason)
-    cls = LoweredTernaryNeuron if isinstance(m, _TERNARY) else LoweredBinaryNeuron
-    common = {"v_threshold": float(m.v_threshold), "v_reset": m.v_reset, "time_steps": time_steps}
-    if isinstance(m, (neuron.ParametricLIFNode, TernaryParametricLIFNode)):
-        with torch.no_grad():
-            q = m.w.detach().sigmoid()  # the value SpikingJelly multiplies by, in the same dtype
-        return cls(charge="plif", decay=q, decay_input=m.decay_input, **common)
-    if isinstance(m, (neuron.LIFNode, neuron.TernaryLIFNode)):
-        return cls(charge="lif", decay=float(m.tau), decay_input=m.decay_input, **common)
-    return cls(charge="if", **common)
 
 
 class LoweredUnsharedConv2d(nn.Module):

@@ -5,10 +5,8 @@ from __future__ import annotations
 import torch.nn as nn
 
 from .frameworks import is_neuron, is_ternary, neuron_adapter
-from .frameworks.spikingjelly import TernaryParametricLIFNode
 
 __all__ = [
-    "TernaryParametricLIFNode",
     "is_neuron",
     "is_ternary",
     "ternary_problem",

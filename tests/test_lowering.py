@@ -14,8 +14,9 @@ from spikingjelly.activation_based import functional, neuron, surrogate
 import nets
 import sj_realspike as rs
 from sj_realspike.fold import NotConvertedWarning
+from sj_realspike.frameworks.spikingjelly import lower_neuron
 from sj_realspike.lowered import (LoweredBinaryNeuron, LoweredDiagonalSynapse, LoweredTernaryNeuron,
-                                  LoweredUnsharedConv2d, lower_neuron)
+                                  LoweredUnsharedConv2d)
 from sj_realspike.testing import make_dyadic, run
 
 NEURON_TYPES = {

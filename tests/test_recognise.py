@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import encoding, functional, layer, neuron, surrogate
 
-from sj_realspike.neurons import TernaryParametricLIFNode
+from sj_realspike.frameworks.spikingjelly import TernaryParametricLIFNode
 from sj_realspike.recognise import is_spiking_module, spike_output_problem
 
 T, N, F = 2, 2, 8

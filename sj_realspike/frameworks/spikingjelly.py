@@ -8,8 +8,9 @@ wrappers) whole and traces through SpikingJelly's step containers. State is each
 ``functional.reset_net``. A neuron call returns its spikes; multi-step (``'m'``) neurons
 take ``[T, N, …]``. Ternary counterparts: ``TernaryIFNode``, ``TernaryLIFNode`` and
 `TernaryParametricLIFNode` (defined here: SpikingJelly has no ternary PLIF). Export
-lowers IF/LIF/PLIF and their ternary twins to `sj_realspike.lowered.LoweredNeuron`;
-NIR uses SpikingJelly's own ``nir_exchange`` conventions.
+lowers IF/LIF/PLIF and their ternary twins (exact types) to
+`sj_realspike.lowered.LoweredNeuron` (`lower_neuron`); NIR export and import
+(`import_nir`) use SpikingJelly's own ``nir_exchange`` conventions.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import base, functional, layer, neuron, surrogate
 
+from ..lowered import LoweredBinaryNeuron, LoweredNeuron, LoweredTernaryNeuron
 from .base import FrameworkAdapter, Refusal, register
 
-__all__ = ["SpikingJellyAdapter", "TernaryParametricLIFNode"]
+__all__ = ["SpikingJellyAdapter", "TernaryParametricLIFNode", "lower_neuron", "unsupported_neuron_reason"]
 
 
 class TernaryParametricLIFNode(neuron.BaseNode):
@@ -114,6 +116,10 @@ _TERNARY_TYPES = tuple(_TERNARY_OF.values())
 # Recorded sequences that a forward may read like state (store_v_seq).
 _SEQUENCES = ("v_seq", "spike_seq", "h_seq")
 _NIR_NEURONS = (neuron.IFNode, neuron.LIFNode, neuron.ParametricLIFNode)
+# Neurons with an export lowering (exact types: a subclass may change the dynamics).
+_LOWERED_BINARY = (neuron.IFNode, neuron.LIFNode, neuron.ParametricLIFNode)
+_LOWERED_TERNARY = (neuron.TernaryIFNode, neuron.TernaryLIFNode, TernaryParametricLIFNode)
+_LOWERABLE = _LOWERED_BINARY + _LOWERED_TERNARY
 _ONNX_REMEDY = "export_onnx supports this model as it is"
 
 
@@ -242,8 +248,6 @@ class SpikingJellyAdapter(FrameworkAdapter):
 
     # -------------------------------------------------------------------- export
     def lowering_problem(self, m: nn.Module) -> str | None:
-        from ..lowered import unsupported_neuron_reason
-
         return unsupported_neuron_reason(m)
 
     def lowering_remedy(self, m: nn.Module) -> str:
@@ -251,8 +255,6 @@ class SpikingJellyAdapter(FrameworkAdapter):
                 "multi-step neurons without a lowering are exported through SpikingJelly's own forward")
 
     def lower(self, m: nn.Module, time_steps: int | None) -> nn.Module:
-        from ..lowered import lower_neuron
-
         return lower_neuron(m, time_steps=time_steps)
 
     def make_dyadic(self, m: nn.Module) -> None:
@@ -288,6 +290,47 @@ class SpikingJellyAdapter(FrameworkAdapter):
         # v += (v_reset − v + r·x)/τ; r = 1 is decay_input=True, r = τ is decay_input=False
         return nir.LIF(tau=full(tau * dt), r=full(1.0 if m.decay_input else tau),
                        v_leak=reset.copy(), v_threshold=threshold, v_reset=reset)
+
+
+def unsupported_neuron_reason(m: nn.Module) -> str | None:
+    """Why neuron ``m`` has no export lowering (``None`` if `lower_neuron` takes it)."""
+    if type(m) not in _LOWERABLE:
+        return (f"{type(m).__name__} has no compact lowering (lowered: "
+                f"{', '.join(c.__name__ for c in _LOWERABLE)})")
+    if getattr(m.surrogate_function, "spiking", True) is False:
+        return "its surrogate runs with spiking=False, so it emits analog values"
+    if getattr(m, "_neuron_precision", None) is not None:
+        return "it runs with a custom neuron precision (Triton kernels)"
+    return None
+
+
+def lower_neuron(m: nn.Module, time_steps: int | None = None) -> LoweredNeuron:
+    """The export-friendly equivalent of a SpikingJelly IF/LIF/PLIF neuron or its ternary twin.
+
+    SpikingJelly's charge equations are `LoweredNeuron`'s: the lowering reads ``θ``,
+    ``v_reset``, ``decay_input`` and the decay (LIF's ``τ``, PLIF's ``sigmoid(w)``).
+
+    Args:
+        m: an ``IFNode``, ``LIFNode``, ``ParametricLIFNode``, ``TernaryIFNode``,
+            ``TernaryLIFNode`` or `TernaryParametricLIFNode` (exact types: subclasses
+            may change the dynamics).
+        time_steps: see `LoweredNeuron`.
+
+    Raises:
+        ValueError: ``m`` cannot be lowered (the message says why).
+    """
+    reason = unsupported_neuron_reason(m)
+    if reason is not None:
+        raise ValueError(reason)
+    cls = LoweredTernaryNeuron if isinstance(m, _LOWERED_TERNARY) else LoweredBinaryNeuron
+    common = {"v_threshold": float(m.v_threshold), "v_reset": m.v_reset, "time_steps": time_steps}
+    if isinstance(m, (neuron.ParametricLIFNode, TernaryParametricLIFNode)):
+        with torch.no_grad():
+            q = m.w.detach().sigmoid()  # the value SpikingJelly multiplies by, in the same dtype
+        return cls(charge="plif", decay=q, decay_input=m.decay_input, **common)
+    if isinstance(m, (neuron.LIFNode, neuron.TernaryLIFNode)):
+        return cls(charge="lif", decay=float(m.tau), decay_input=m.decay_input, **common)
+    return cls(charge="if", **common)
 
 
 ADAPTER = register(SpikingJellyAdapter())
