@@ -337,3 +337,33 @@ def test_half_precision_model_exports_a_float32_copy(tmp_path, caplog, dtype, st
     if stage == "deploy":
         report = rs.verify(model, tmp_path / "half.onnx", x)  # checked as its float32 copy
         assert report.ok, str(report)
+
+
+class _TemporalConv3d(nn.Module):
+    """A bias-free Conv3d over ``[N, C, T, H, W]`` (MS-ResNet attention style), on ``[T, N, C, H, W]``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0), bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.permute(1, 2, 0, 3, 4)).permute(2, 0, 1, 3, 4)
+
+
+def test_bias_free_conv3d_exports_and_runs(tmp_path):
+    """torchlib writes a bias-free Conv3d with a zero bias of the wrong shape, which onnxruntime refuses;
+    export drops the zero bias (masnn/att_ms_resnet failed at verify without it)."""
+    from spikingjelly.activation_based import layer
+
+    torch.manual_seed(0)
+    net = nn.Sequential(layer.Conv2d(3, 4, 3, padding=1, step_mode="m"), neuron.IFNode(step_mode="m"),
+                        _TemporalConv3d(4), neuron.IFNode(step_mode="m"), layer.Flatten(step_mode="m"),
+                        layer.Linear(4 * 16 * 16, 10, step_mode="m"))
+    x = nets.example("m", size=16)
+    model = _dyadic_model(net, x, "real", "channel", steps=False)
+    assert len(list(rs.amplitude_parameters(model))) == 1  # the one into the Linear (fold has no Conv3d synapse)
+    rs.export_onnx(rs.fold(model), tmp_path / "m.onnx", x)
+    convs = [n for n in onnx.load(tmp_path / "m.onnx").graph.node if n.op_type == "Conv"]
+    assert len(convs) == 2 and len(convs[1].input) == 2  # the Conv3d, without a bias input
+    report = rs.verify(model, tmp_path / "m.onnx", x)
+    assert report.bit_identical and report.pure, str(report)
