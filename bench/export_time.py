@@ -20,6 +20,7 @@ per sequence (interleaved, N=8, 2 threads) — the compaction must not cost infe
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import statistics
@@ -36,6 +37,7 @@ from spikingjelly.activation_based import functional, neuron
 from spikingjelly.activation_based.model import sew_resnet
 
 import sj_realspike as rs
+from _timing import interleaved_ms
 from sj_realspike import export as export_module
 from sj_realspike.report import format_table
 
@@ -57,15 +59,7 @@ def _plain(net: torch.nn.Module, x: torch.Tensor, path: Path) -> None:
 
 def _ort_ms(paths: dict[str, Path], x, threads: int, repeats: int) -> dict[str, float]:
     runners = {k: rs.OnnxRunner(p, threads=threads) for k, p in paths.items()}
-    for run in runners.values():
-        run(x)
-    samples: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(repeats):
-        for k, run in runners.items():
-            start = time.perf_counter()
-            run(x)
-            samples[k].append(time.perf_counter() - start)
-    return {k: statistics.median(v) * 1e3 for k, v in samples.items()}
+    return interleaved_ms({k: functools.partial(run, x) for k, run in runners.items()}, repeats, warmup=1)
 
 
 def main(argv: list[str] | None = None) -> int:

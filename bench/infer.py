@@ -28,12 +28,11 @@ same geometry at batch T·N.
 from __future__ import annotations
 
 import argparse
+import functools
 import copy
 import logging
 import os
-import statistics
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +44,7 @@ from spikingjelly.activation_based import functional, neuron
 from spikingjelly.activation_based.model import sew_resnet, spiking_resnet
 
 import sj_realspike as rs
+from _timing import interleaved_ms
 from sj_realspike.lowered import LoweredNeuron, LoweredUnsharedConv2d
 from sj_realspike.report import format_table
 
@@ -105,17 +105,8 @@ def _sj_runner(net: nn.Module) -> Callable[[torch.Tensor], object]:
 
 
 def _time(runners: dict[str, Callable], inputs: dict[str, object], repeats: int) -> dict[str, float]:
-    """Median milliseconds of each runner; one call of each per round, rounds interleaved."""
-    for name, run in runners.items():  # warm-up
-        for _ in range(3):
-            run(inputs[name])
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run(inputs[name])
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(s) * 1e3 for name, s in samples.items()}
+    """Median milliseconds of each runner on its input (`_timing.interleaved_ms`)."""
+    return interleaved_ms({name: functools.partial(run, inputs[name]) for name, run in runners.items()}, repeats)
 
 
 def _unshared_layers(deploy: fx.GraphModule, x: torch.Tensor, threads: int, batch: int,

@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import statistics
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -34,22 +32,10 @@ from spikingjelly.activation_based import functional, neuron
 from spikingjelly.activation_based.model import sew_resnet
 
 import sj_realspike as rs
+from _timing import interleaved_ms
 from sj_realspike.fold import NotConvertedWarning
 from sj_realspike.report import format_table
 from sj_realspike.testing import dyadic_input, make_dyadic, randomize_amplitudes
-
-
-def _time(runners: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    for run in runners.values():
-        for _ in range(3):
-            run()
-    samples: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(repeats):
-        for k, run in runners.items():
-            start = time.perf_counter()
-            run()
-            samples[k].append(time.perf_counter() - start)
-    return {k: statistics.median(v) * 1e3 for k, v in samples.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 stream.reset()
                 calls[f"{tag} stream step"] = lambda r=stream: r.step(x[0])
             repeats = args.repeats if n > 1 else args.repeats * 3
-            ms = _time(calls, repeats)
+            ms = interleaved_ms(calls, repeats)
             print(f"\nN={n}: median ms (interleaved, {repeats} rounds); a sequence is [T={T}, N={n}, ...]")
             print(format_table(["variant", "ms"], [[k, f"{v:.2f}"] for k, v in ms.items()]))
             rows = []
