@@ -3,8 +3,10 @@
 Once amplitudes are folded, a Real Spike network is an ordinary binary SNN, which is
 what NIR (the Neuromorphic Intermediate Representation) describes. Each node of the
 deploy ``fx`` graph becomes one NIR node; NIR sums the edges that enter a node, so
-residual additions become plain edges. The neuron conventions are SpikingJelly's own
-``nir_exchange`` conventions, so its importer reads the graph back unchanged:
+residual additions become plain edges. Each framework's adapter maps its own neurons
+(`FrameworkAdapter.nir_node`) and builds a model back from a graph (`FrameworkAdapter.nir_import`,
+called by `import_nir`); SpikingJelly's follow its own ``nir_exchange`` conventions, so its
+importer reads the graph back unchanged:
 
 * ``IFNode``   → ``nir.IF(r=1/dt, v_threshold, v_reset)``
 * ``LIFNode``  → ``nir.LIF(tau=τ·dt, r=1 if decay_input else τ, v_leak=v_reset, …)``
@@ -50,7 +52,7 @@ from .atomic import atomic_write
 from .errors import UnsupportedPatternError
 from .export import as_deploy_model
 from .lowering import step_mode_of
-from .frameworks import Refusal, adapter_for, identity_types, neuron_adapter, step_output
+from .frameworks import Refusal, adapter_for, adapters, identity_types, neuron_adapter, step_output
 from .neurons import is_neuron
 from .ops import describe
 from .report import record_of
@@ -153,11 +155,12 @@ def _spike_factors_converted(model: nn.Module, example_input: torch.Tensor) -> n
 
 
 def import_nir(graph: nir.NIRGraph | str | os.PathLike[str], *, dt: float = NIR_DT, step_mode: str = "m",
-               dtype: torch.dtype = torch.float32) -> fx.GraphModule:
-    """Read a NIR graph back as a SpikingJelly model (SpikingJelly's importer, plus ``Scale``).
+               dtype: torch.dtype = torch.float32, framework: str = "spikingjelly") -> nn.Module:
+    """Read a NIR graph back as a model of ``framework`` (its adapter's importer, plus ``Scale``).
 
-    SpikingJelly's ``import_from_nir`` maps every node `export_nir` writes except
-    ``Scale``; this adds it (``Scale`` → `DiagonalSynapse`).
+    The framework's importer builds the nodes it knows (`FrameworkAdapter.nir_import`);
+    ``Scale``, which `export_nir` writes for scaled shortcuts and SpikingJelly's
+    ``import_from_nir`` lacks, becomes a `DiagonalSynapse`.
     Useful to check an exported file: the result reproduces the deploy model.
 
     Args:
@@ -165,26 +168,28 @@ def import_nir(graph: nir.NIRGraph | str | os.PathLike[str], *, dt: float = NIR_
         dt: the time step the graph was exported with.
         step_mode: ``'m'`` (inputs ``[T, N, …]``) or ``'s'`` (one step ``[N, …]`` per call).
         dtype: parameter dtype of the model.
+        framework: the adapter whose importer builds the model (`FrameworkAdapter.name`);
+            SpikingJelly's is the one sj_realspike has.
 
     Returns:
-        A ``GraphModule`` called as ``y, state = model(x, state=None)`` (nirtorch's
-        convention); pass the returned ``state`` back to continue a single-step run.
+        SpikingJelly's: a ``GraphModule`` called as ``y, state = model(x, state=None)``
+        (nirtorch's convention); pass the returned ``state`` back to continue a single-step run.
 
     Raises:
-        ValueError: a node SpikingJelly cannot represent (e.g. non-uniform neuron parameters).
+        ValueError: a node the framework cannot represent (e.g. non-uniform neuron parameters), or
+            no importer for ``framework``.
         ImportError: ``nir``/``nirtorch`` are not installed (``pip install 'sj-realspike[nir]'``).
     """
-    nir, nirtorch = _require_nir()
-    # The node mapper behind SpikingJelly's public import_from_nir (spikingjelly>=2,<3).
-    from spikingjelly.activation_based import functional
-    from spikingjelly.activation_based.nir_exchange.from_nir import _NodeMapper
-
+    nir, _ = _require_nir()
+    found = {a.name: a for a in adapters()}
+    if framework not in found:
+        raise ValueError(f"no framework adapter named {framework!r} (installed: {', '.join(found)})")
     if isinstance(graph, (str, os.PathLike)):
         graph = nir.read(Path(graph))
-    node_map = {**_NodeMapper(dt=dt).map_dict, nir.Scale: _import_scale}
-    gm = nirtorch.nir_to_torch(graph, node_map, dtype=dtype)
-    functional.set_step_mode(gm, step_mode)
-    return gm
+    try:
+        return found[framework].nir_import(graph, {nir.Scale: _import_scale}, dt, step_mode, dtype)
+    except Refusal as r:
+        raise ValueError(f"{r.reason}: {r.remedy}") from None
 
 
 def _import_scale(node: Any) -> DiagonalSynapse:

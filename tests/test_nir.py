@@ -94,6 +94,23 @@ def test_single_step_model_round_trips_step_by_step():
     assert torch.equal(torch.stack(ys), run(deploy, xs, steps=True))
 
 
+def test_import_nir_asks_the_named_framework_adapter_and_refuses_one_without_an_importer():
+    from sj_realspike.frameworks import adapters
+
+    x = nets.example("m")
+    _, deploy = _deploy(nets.custom("shortcut", "LIF"), x, granularity="channel")
+    graph = rs.export_nir(deploy, None, x)
+    imported = rs.import_nir(graph, step_mode="m", framework="spikingjelly")
+    assert any(isinstance(m, neuron.LIFNode) for m in imported.modules())  # SpikingJelly's own neurons
+    assert any(isinstance(m, rs.DiagonalSynapse) for m in imported.modules())  # Scale, added by import_nir
+    with pytest.raises(ValueError, match=r"no framework adapter named 'sinabs' \(installed: spikingjelly"):
+        rs.import_nir(graph, framework="sinabs")
+    others = [a.name for a in adapters() if a.name != "spikingjelly"]
+    if others:  # snnTorch and Norse keep their own importers
+        with pytest.raises(ValueError, match=f"sj_realspike has no NIR importer for {others[0]}"):
+            rs.import_nir(graph, framework=others[0])
+
+
 def _plain(*modules: nn.Module) -> nn.Module:
     net = nn.Sequential(*modules)
     functional.set_step_mode(net, "m")

@@ -273,6 +273,25 @@ class FrameworkAdapter:
         """
         raise Refusal(f"{type(m).__name__} has no NIR neuron model in sj_realspike", "Export ONNX instead")
 
+    def nir_import(self, graph: Any, nodes: dict[type, Any], dt: float, step_mode: str,
+                   dtype: torch.dtype) -> nn.Module:
+        """A model of this framework computing NIR graph ``graph`` (`sj_realspike.import_nir`).
+
+        Args:
+            graph: the ``nir.NIRGraph``.
+            nodes: how to build the NIR nodes that `sj_realspike.export_nir` writes and a framework's
+                importer may lack (``nir.Scale`` → `sj_realspike.synapses.DiagonalSynapse`): NIR node class →
+                a function from the node to a module; they take precedence over the framework's own.
+            dt: the time step in seconds the graph was exported with.
+            step_mode: ``'m'`` (the model takes ``[T, N, …]``) or ``'s'`` (one step ``[N, …]`` per call).
+            dtype: the model's parameter dtype.
+
+        Raises:
+            Refusal: sj_realspike has no NIR importer for this framework.
+        """
+        raise Refusal(f"sj_realspike has no NIR importer for {self.name}",
+                      "Read the graph with the framework's own NIR importer")
+
 
 class Refusal(ValueError):
     """An adapter cannot express a module: ``reason`` and what to do instead (``remedy``)."""

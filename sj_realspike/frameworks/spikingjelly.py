@@ -291,6 +291,21 @@ class SpikingJellyAdapter(FrameworkAdapter):
         return nir.LIF(tau=full(tau * dt), r=full(1.0 if m.decay_input else tau),
                        v_leak=reset.copy(), v_threshold=threshold, v_reset=reset)
 
+    def nir_import(self, graph: Any, nodes: dict[type, Any], dt: float, step_mode: str,
+                   dtype: torch.dtype) -> nn.Module:
+        """SpikingJelly's own importer (the node mapper behind its ``import_from_nir``), with ``nodes`` added.
+
+        Returns:
+            nirtorch's ``GraphModule``, called as ``y, state = model(x, state=None)``.
+        """
+        import nirtorch
+        # The node mapper behind SpikingJelly's public import_from_nir (spikingjelly>=2,<3).
+        from spikingjelly.activation_based.nir_exchange.from_nir import _NodeMapper
+
+        gm = nirtorch.nir_to_torch(graph, {**_NodeMapper(dt=dt).map_dict, **nodes}, dtype=dtype)
+        functional.set_step_mode(gm, step_mode)
+        return gm
+
 
 def unsupported_neuron_reason(m: nn.Module) -> str | None:
     """Why neuron ``m`` has no export lowering (``None`` if `lower_neuron` takes it)."""
