@@ -63,8 +63,12 @@ class Amplitude(nn.Module, base.StepModule):
     """Learnable amplitude ``a`` applied to a neuron's spikes: ``o = a ⊙ s``.
 
     Stateless and shared across time steps; works in both step modes because ``a``
-    broadcasts over the leading ``[T, N]`` or ``[N]`` dimensions. It is a
-    ``StepModule`` only so every SpikingJelly-aware tracer keeps it a leaf.
+    broadcasts over the leading ``[T, N]`` or ``[N]`` dimensions. It is a SpikingJelly
+    ``StepModule`` (SpikingJelly is a required dependency) for SpikingJelly's own tools
+    only: on a converted SpikingJelly network ``functional.set_step_mode`` sets its mode,
+    validated and without a warning, and SpikingJelly-aware tracers keep it a leaf.
+    sj_realspike itself never reads it (capture keeps `Amplitude` whole on its own, the
+    SpikingJelly adapter does not own it), so snnTorch and Norse networks carry it alike.
 
     Args:
         shape: shape of ``a`` (see `amplitude_shape`).

@@ -6,7 +6,11 @@
   form of a scaled spike train that reaches a neuron without a conv or linear layer
   (e.g. the identity shortcut of spiking ResNets).
 
-Both are SpikingJelly ``StepModule``s: they accept ``[N, …]`` and ``[T, N, …]``.
+Both accept ``[N, …]`` and ``[T, N, …]`` and belong to no framework (any framework's
+deploy model holds them). They are SpikingJelly ``StepModule``s (SpikingJelly is a required
+dependency) for SpikingJelly's own tools only: ``functional.set_step_mode`` on a SpikingJelly
+deploy model sets their ``step_mode``, validated and without a warning, like the layers
+they replace; nothing here depends on it otherwise.
 """
 
 from __future__ import annotations
