@@ -1,4 +1,4 @@
-"""Fuzzing convert → train → fold → export on random SpikingJelly (or Norse) architectures.
+"""Fuzzing convert → train → fold → export on random SpikingJelly, Norse or snnTorch architectures.
 
 Every generated network must end in one of two ways:
 
@@ -7,14 +7,22 @@ Every generated network must end in one of two ways:
   for bit with pure {0,1} / {−1,0,1} spikes; its ONNX export reproduces the deploy
   model bit for bit in onnxruntime, and `verify` finds every spike tensor pure;
 * **refused**: an `UnsupportedPatternError` that names a node (a neuron named in the
-  config that cannot be folded, or a negative amplitude before max pooling).
+  config that cannot be folded, or a negative amplitude before max pooling), or a network
+  that folds and exports exactly but where convert converted no neuron (it names the first
+  one skipped and why): nothing was folded, so it does not count as exact.
+
+A neuron convert skipped that multiplies its spikes by a factor of its own (snnTorch's
+``graded_spikes_factor``) keeps it in the deploy model: its spikes may be graded, and
+`verify` must name exactly those neurons as scaling their spikes.
 
 Anything else (another exception, a mismatch, an impure spike) is a bug and is
 reported with the seed that reproduces it.
 
-Usage: python bench/fuzz.py --n 500 [--start 0] [--framework spikingjelly|norse]
+Usage: python bench/fuzz.py --n 500 [--start 0] [--framework spikingjelly|norse|snntorch]
 
-``--framework norse`` draws Norse networks in Norse's three styles (`fuzz_norse`).
+``--framework norse`` draws Norse networks in Norse's three styles (`fuzz_norse`),
+``--framework snntorch`` snnTorch networks in snnTorch's (`fuzz_snntorch`); a network
+returning several tensors (snnTorch's ``(spk, mem)``) is compared tensor by tensor.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional, layer, neuron
 
 import sj_realspike as rs
-from sj_realspike.frameworks import reset, run_steps
+from sj_realspike.frameworks import adapter_for, reset, run_steps
 from sj_realspike.layout import stack_steps
 from sj_realspike.testing import assert_exact_in_fp32, make_dyadic, run, spike_values
 
@@ -180,7 +188,29 @@ def random_norse_spec(seed: int) -> Spec:
                 r.choice(["layer", "channel", "element"]), named)
 
 
-SPECS = {"spikingjelly": random_spec, "norse": random_norse_spec}
+def random_snntorch_spec(seed: int) -> Spec:
+    """A random snnTorch network (`fuzz_snntorch`): a stepped ``nn.Sequential``, tutorial 6's ``forward_pass``,
+    or state in locals with the time loop in ``forward``."""
+    from fuzz_snntorch import random_snntorch_net
+
+    r = random.Random(seed)
+    spike = r.choice(["real", "ternary"])
+    net, style, shape, neurons = random_snntorch_net(r, r.choice([8, 12]), ternary=spike == "ternary")
+    named = (r.choice(neurons), r.choice(["layer", "channel", "element"])) if neurons and r.random() < 0.3 else None
+    return Spec(net, "s" if style == "sequential" else "m", shape, spike, r.choice(["layer", "channel", "element"]),
+                named)
+
+
+SPECS = {"spikingjelly": random_spec, "norse": random_norse_spec, "snntorch": random_snntorch_spec}
+
+
+def _tensors(out: object) -> list[torch.Tensor]:
+    """The tensors of a model's output, in order (snnTorch's ``(spk, mem)`` is two)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensors(o)]
+    return []
 
 
 def run_case(seed: int, framework: str = "spikingjelly") -> tuple[str, str]:
@@ -199,26 +229,28 @@ def run_case(seed: int, framework: str = "spikingjelly") -> tuple[str, str]:
         return "refused", f"convert: {e.node}: {e.reason}"
     model.train()
     out = stack_steps(run_steps(model, x)) if steps else model(x)  # a stepped Norse model carries its state
-    out.sum().backward()
+    sum(t.sum() for t in _tensors(out)).backward()
     reset(model)
     make_dyadic(model, example, seed=seed)
     amplitudes = list(rs.amplitude_parameters(model))
     if amplitudes and seed % 5 == 0:  # a negative entry anywhere, also before max pooling
         with torch.no_grad():
             amplitudes[seed % len(amplitudes)].view(-1)[0] = -0.75
-    expected = assert_exact_in_fp32(model, x, steps)
+    expected = _tensors(assert_exact_in_fp32(model, x, steps))
     try:
         deploy = rs.fold(model)
     except rs.UnsupportedPatternError as e:
         if "negative amplitude before max pooling" not in str(e):
             return "BUG", f"fold refused unexpectedly: {e}"
         return "refused", f"fold: {e.node}: {e.reason}"
-    got = run(deploy, x, steps)
-    if not torch.equal(got, expected):
-        return "BUG", f"deploy differs by {(got - expected).abs().max().item()}"
+    got = _tensors(run(deploy, x, steps))
+    if len(got) != len(expected) or not all(torch.equal(g, e) for g, e in zip(got, expected)):
+        diff = max(((g - e).abs().max().item() for g, e in zip(got, expected) if g.shape == e.shape), default=None)
+        return "BUG", f"deploy differs by {diff} ({len(got)} output tensor(s), {len(expected)} expected)"
     allowed = {0.0, 1.0} if spec.spike == "real" else {-1.0, 0.0, 1.0}
+    graded = _graded_skipped(model)
     for name, values in spike_values(deploy, x, steps).items():
-        if not values <= allowed | {0.0, 1.0}:
+        if name not in graded and not values <= allowed | {0.0, 1.0}:
             return "BUG", f"{name} emits {sorted(values)}"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"fuzz{seed}.onnx"
@@ -227,12 +259,29 @@ def run_case(seed: int, framework: str = "spikingjelly") -> tuple[str, str]:
         except rs.UnsupportedPatternError as e:
             return "refused", f"export: {e.node}: {e.reason}"
         report = rs.verify(model, path, x)
-    if not report.pure:
+    unfolded = {v.neuron for v in report.violations}
+    if any(not n.pure for n in report.neurons) or not (report.neurons or report.not_spiking) or not unfolded <= graded:
         return "BUG", f"ONNX spikes impure (purity {report.purity:.2%}, {len(report.violations)} violation(s))"
     if not report.bit_identical:
         return "BUG", f"onnxruntime differs from deploy by {report.comparison('deploy', 'onnx').max_abs}"
-    skipped = len(rs.conversion_report(model).skipped)
-    return "exact", f"{len(rs.conversion_report(model).converted)} converted, {skipped} skipped"
+    conversion = rs.conversion_report(model)
+    if not conversion.converted:  # binary from the start: exact, but nothing of ours was tested
+        first = conversion.skipped[0] if conversion.skipped else None
+        return "refused", (f"convert: {first.module}: nothing converted, {len(conversion.skipped)} skipped; first: "
+                           f"{first.reason}" if first else "convert: model: no neurons found")
+    skipped = len(conversion.skipped)
+    kept = f", {len(graded)} keeping its graded_spikes_factor (verify names it)" if graded else ""
+    silent = f", {len(report.silent_neurons)} silent" if report.silent_neurons else ""
+    return "exact", f"{len(conversion.converted)} converted, {skipped} skipped{kept}{silent}"
+
+
+def _graded_skipped(model: nn.Module) -> set[str]:
+    """Neurons convert skipped that multiply their spikes by a factor of their own (snnTorch's
+    ``graded_spikes_factor``): with no amplitude to move it into, the deploy neuron keeps it, so
+    its spikes are graded and `verify` reports the factor left between it and its synapse."""
+    return {s.module for s in rs.conversion_report(model).skipped
+            if (a := adapter_for(model.get_submodule(s.module))) is not None
+            and a.intrinsic_amplitude(model.get_submodule(s.module)) is not None}
 
 
 def main(argv: list[str] | None = None) -> int:
