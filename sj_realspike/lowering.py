@@ -49,15 +49,18 @@ def step_mode_of(model: nn.Module) -> str:
     Raises:
         UnsupportedPatternError: no neurons, or neurons in both step modes.
     """
-    modes = {name: neuron_step_mode(m) for name, m in model.named_modules() if is_neuron(m)}
+    neurons = {name: m for name, m in model.named_modules() if is_neuron(m)}
+    modes = {name: neuron_step_mode(m) for name, m in neurons.items()}
     if not modes:
         raise UnsupportedPatternError(type(model).__name__, "the model has no spiking neurons",
-                                      "Export SpikingJelly networks (or models from sj_realspike.fold)")
+                                      f"Export networks of {', '.join(a.name for a in adapters())} neurons "
+                                      "(or models from sj_realspike.fold)")
     if len(set(modes.values())) > 1:
         single = sorted(n for n, s in modes.items() if s == "s")[:3]
+        switch = neuron_adapter(neurons[single[0]]).multi_step_remedy()
         raise UnsupportedPatternError(
             single[0], f"neurons run in both step modes (single-step: {', '.join(single)}, …)",
-            "Use one step mode for the whole network: functional.set_step_mode(net, 'm') before convert_model")
+            "Use one step mode for the whole network" + (f": {switch} before convert_model" if switch else ""))
     return next(iter(modes.values()))
 
 

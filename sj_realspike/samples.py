@@ -15,6 +15,7 @@ import torch
 import torch.fx as fx
 
 from .errors import UnsupportedPatternError
+from .frameworks import framework_of
 
 
 def _tensors(value) -> list[torch.Tensor]:
@@ -91,8 +92,11 @@ def check_per_sample(gm: fx.GraphModule, sequence: torch.Tensor, reset) -> None:
                for va, vj in zip(alone_values, joined_values)):
             culprit = node.name
             break
+    adapter = framework_of(gm)
+    switch = adapter.multi_step_remedy() if adapter is not None else None
     raise UnsupportedPatternError(
         culprit, "the single-step graph does not compute each sample of the batch on its own (the example's "
         "outputs change when other samples share its batch), so it cannot be exported on the time-flattened "
         "batch [T*N, ...]: a model written for [T, N, ...] input (e.g. x.flatten(0, 1)) run in single-step mode",
-        "Switch the network to multi-step mode (functional.set_step_mode(net, 'm')) before convert_model")
+        f"Switch the network to multi-step mode ({switch}) before convert_model" if switch else
+        "Write the model's forward for one time step's input [N, ...], which export runs on [T*N, ...]")

@@ -124,3 +124,29 @@ def test_no_module_outside_frameworks_imports_spikingjelly():
                             "SpikingJelly adapter (sj_realspike.frameworks.spikingjelly) instead")
     # An exception that no longer imports SpikingJelly leaves the list (and docs/design.md).
     assert found == ALLOWED_SPIKINGJELLY_IMPORTS
+
+
+def test_step_mode_remedies_come_from_the_adapter():
+    """SpikingJelly's switch (functional.set_step_mode) is named only for its networks; snnTorch has none."""
+    snn = pytest.importorskip("snntorch")
+    import torch
+
+    import sj_realspike as rs
+    from sj_realspike.fold import NotConvertedWarning
+
+    class BatchMean(nn.Module):
+        def forward(self, s):
+            return s - s.mean(0, keepdim=True)  # mixes the samples of a batch
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 6), snn.Leaky(beta=0.5, init_hidden=True), BatchMean(), nn.Linear(6, 3))
+    x = torch.randint(0, 9, (2, 3, 8)).float() / 2
+    with pytest.warns(NotConvertedWarning):
+        deploy = rs.fold(net, example_input=x[0])
+    with pytest.raises(rs.UnsupportedPatternError, match=r"node 'sub': the single-step graph does not compute each "
+                       r"sample .* Write the model's forward for one time step's input \[N, \.\.\.\]") as refused:
+        rs.lower_for_export(deploy, x)
+    assert "set_step_mode" not in str(refused.value)
+    by_name = {a.name: a for a in adapters()}
+    assert by_name["spikingjelly"].multi_step_remedy() == "functional.set_step_mode(net, 'm')"
+    assert by_name["snntorch"].multi_step_remedy() is None

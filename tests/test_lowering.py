@@ -180,8 +180,17 @@ def test_lowering_refuses_mixed_step_modes():
     x = nets.example("m", size=16)
     with pytest.warns(NotConvertedWarning):
         deploy = rs.fold(net, example_input=x)
-    with pytest.raises(rs.UnsupportedPatternError, match="both step modes"):
+    with pytest.raises(rs.UnsupportedPatternError,
+                       match=r"both step modes .*Use one step mode for the whole network: "
+                             r"functional.set_step_mode\(net, 'm'\) before convert_model"):  # SpikingJelly's remedy
         rs.lower_for_export(deploy, x)
+
+
+def test_step_mode_of_a_model_without_neurons_names_the_frameworks():
+    from sj_realspike.lowering import step_mode_of
+
+    with pytest.raises(rs.UnsupportedPatternError, match=r"has no spiking neurons.*Export networks of spikingjelly"):
+        step_mode_of(nn.Sequential(nn.Linear(2, 2)))
 
 
 def test_single_step_neuron_without_lowering_is_refused():

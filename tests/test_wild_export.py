@@ -142,6 +142,7 @@ def test_a_single_step_graph_that_mixes_samples_is_refused_at_export(tmp_path):
     deploy = rs.fold(model)
     with pytest.raises(rs.UnsupportedPatternError,
                        match=r"node '(mean|sub)': the single-step graph does not compute each sample of the batch "
-                             r"on its own .* Switch the network to multi-step mode"):
+                             r"on its own .* Switch the network to multi-step mode "
+                             r"\(functional.set_step_mode\(net, 'm'\)\) before convert_model"):
         rs.export_onnx(deploy, tmp_path / "m.onnx", x)
     assert not list(tmp_path.iterdir())

@@ -141,6 +141,11 @@ class FrameworkAdapter:
         """``'m'``: one call takes the whole sequence; ``'s'``: one call is one time step."""
         return "s"
 
+    def multi_step_remedy(self) -> str | None:
+        """The call that makes a network of this framework multi-step (one call takes ``[T, N, …]``),
+        named by refusals whose remedy that is (done before ``convert_model``); ``None``: it has none."""
+        return None
+
     # ------------------------------------------------------------- model calls
     def thread_state(self, gm: Any) -> None:
         """Make the neurons of a captured graph (``fx.GraphModule``) read the state its call is given; in place.

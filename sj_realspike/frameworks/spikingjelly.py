@@ -199,6 +199,9 @@ class SpikingJellyAdapter(FrameworkAdapter):
     def step_mode(self, m: nn.Module) -> str:
         return getattr(m, "step_mode", "s")
 
+    def multi_step_remedy(self) -> str | None:
+        return "functional.set_step_mode(net, 'm')"
+
     # ------------------------------------------------------------------- ternary
     def is_ternary(self, m: nn.Module) -> bool:
         return isinstance(m, _TERNARY_TYPES)
