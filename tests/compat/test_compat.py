@@ -53,6 +53,17 @@ SNNTORCH_NETWORKS = [  # (row, neurons converted, neurons found): each last laye
 ]
 
 
+@pytest.mark.slow
+def test_a_snntorch_network_where_nothing_converts_is_refused_not_passed(tmp_path):
+    # SLSTM is not a neuron sj_realspike converts and the Leaky after it feeds the output: fold and export are
+    # exact, but with nothing converted there was nothing to fold, so the cell must not read "pass".
+    pytest.importorskip("snntorch")
+    result = run_cell(_cell("snntorch", "slstm_fc"), tmp_path)
+    assert (result.status, result.converted, result.total) == ("refused", 0, 2)
+    assert result.note == "nothing converted: none of the 2 neuron(s) could be given an amplitude"
+    assert "1× SLSTM emits spikes but sj_realspike supports the snnTorch neurons" in result.skipped
+
+
 _RELU = "1 neuron(s) skipped: 1× relu consumes scaled spikes but is not linear in them (or not supported)"
 NORSE_NETWORKS = [  # (row, neurons converted, neurons found, skip reasons)
     ("convnet", 2, 3, _RELU),  # Norse's own ConvNet: cell loop, voltages[ts] = v; relu before its LILinearCell
