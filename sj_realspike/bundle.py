@@ -43,7 +43,7 @@ from .atomic import atomic_write
 from .config import SpikeConfig
 from .convert import convert_model
 from .errors import RealSpikeError
-from .frameworks import adapters, reset
+from .frameworks import adapters, framework_of, reset
 from .fold import fold
 from .report import record_of
 
@@ -441,8 +441,14 @@ def manifest_for(model: nn.Module, factory: str | None = None, kwargs: dict[str,
         "spike": meta["spike"],
         "granularity": meta["granularity"],
         "config": meta["config"],
-        "versions": {name: _version(name) for name in ("sj-realspike", "torch", "spikingjelly")},
+        "versions": {name: _version(name) for name in ("sj-realspike", "torch", *_framework_packages(model))},
     }
+
+
+def _framework_packages(model: nn.Module) -> tuple[str, ...]:
+    """The package of the framework whose neurons ``model`` holds (none for a model without neurons)."""
+    adapter = framework_of(model)
+    return (adapter.package,) if adapter is not None else ()
 
 
 def save_bundle(model: nn.Module, path: str | Path, *, factory: str | None = None,

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import sj_realspike as rs
-from sj_realspike.bundle import FORMAT, BundleError
+from sj_realspike.bundle import FORMAT, BundleError, read_manifest
 
 TESTS = Path(__file__).parent
 ZOO_NET = "spikingjelly.activation_based.model.parametric_lif_net:MNISTNet"
@@ -334,6 +334,8 @@ def test_norse_zoo_bundle_loads_without_trust(tmp_path):
     model = rs.convert_model(net, x)
     assert len(rs.conversion_report(model).converted) == 2
     rs.save_bundle(model, tmp_path / "norse.bundle", factory="norse.torch.models.conv:ConvNet", kwargs={})
+    versions = read_manifest(tmp_path / "norse.bundle")[0]["versions"]
+    assert set(versions) == {"sj-realspike", "torch", "norse"}
     loaded = rs.load_bundle(tmp_path / "norse.bundle")
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
     model.eval(), loaded.eval()
