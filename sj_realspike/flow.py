@@ -113,9 +113,8 @@ def follow_amplitudes(gm: fx.GraphModule, *, rewrite: bool,
         except _Blocked as b:
             if rewrite:
                 src = ", ".join(s.args[0].name for s in b.blocker.sources)
-                raise UnsupportedPatternError(
-                    b.blocker.node, f"{b.blocker.reason} (spikes of {src})", b.blocker.remedy
-                ) from None
+                reason = f"{b.blocker.reason} (spikes of {src})" if src else b.blocker.reason
+                raise UnsupportedPatternError(b.blocker.node, reason, b.blocker.remedy) from None
             walker.blockers.append(b.blocker)
     if rewrite:
         walker.finish()
@@ -634,7 +633,9 @@ class _Walker:
                 columns = self._apply(op, columns)
         lin = columns.reshape(n, -1)  # row i: the deferred ops applied to basis vector e_i
         if lin.shape[1] != syn.in_features:
-            self._block(t.deferred[-1], [], f"ops {[o.name for o in t.deferred]} do not end in {syn.in_features} features", "")
+            self._block_term(t, t.deferred[-1],
+                             f"ops {[o.name for o in t.deferred]} do not end in {syn.in_features} features",
+                             "Use channel granularity for this neuron")
         w = torch.sparse.mm(lin.to_sparse(), syn.weight.detach().double().t()).t()
         w = scale_linear_columns(w, t.scale.expand(features).reshape(-1))
         new = copy.deepcopy(syn)
