@@ -263,14 +263,11 @@ class _Walker:
 
     def _scalar(self, node: fx.Node) -> None:
         c = scalar_factor(node)
-        if isinstance(node.args[0], fx.Node):  # x * c, x / c
-            spikes, replay = node.args[0], self._replay
-        else:  # c * x, replayed as x * c
-            spikes, replay = node.args[1], self._replay_swapped
+        swapped = not isinstance(node.args[0], fx.Node)  # c * x, replayed as x * c (else x * c, x / c)
         terms = []
-        for t in self.exprs[spikes]:
+        for t in self.exprs[node.args[1] if swapped else node.args[0]]:
             if t.scale is None:
-                terms.append(replace(t, node=replay(node, t.node)))
+                terms.append(replace(t, node=self._replay(node, t.node, swapped)))
             else:
                 terms.append(replace(t, scale=t.scale * c))
         self.exprs[node] = tuple(terms)
@@ -678,26 +675,19 @@ class _Walker:
         node.replace_input_with(node.args[0], total)
 
     # --------------------------------------------------------------- helpers
-    def _replay(self, op: fx.Node, x: fx.Node) -> fx.Node:
-        """``op`` applied to ``x`` instead of its original input (new node when rewriting)."""
-        if not self.rewrite:
-            return op
-        key = (op, x)
-        if key not in self._replayed:
-            with self.graph.inserting_before(op):
-                new = self.graph.create_node(op.op, op.target, (x,) + tuple(op.args[1:]), dict(op.kwargs))
-            new.meta = dict(op.meta)
-            self._replayed[key] = new
-        return self._replayed[key]
+    def _replay(self, op: fx.Node, x: fx.Node, swapped: bool = False) -> fx.Node:
+        """``op`` applied to ``x`` instead of its original input (new node when rewriting).
 
-    def _replay_swapped(self, op: fx.Node, x: fx.Node) -> fx.Node:
-        """Commutative ``c * y`` applied to ``x`` instead of ``y``, as ``x * c``."""
+        ``swapped``: ``op`` is a commutative ``c * y`` whose input ``y`` is its second
+        argument; it is replayed as ``x * c``.
+        """
         if not self.rewrite:
             return op
         key = (op, x)
         if key not in self._replayed:
+            args = (x, op.args[0]) if swapped else (x,) + tuple(op.args[1:])
             with self.graph.inserting_before(op):
-                new = self.graph.create_node(op.op, op.target, (x, op.args[0]), dict(op.kwargs))
+                new = self.graph.create_node(op.op, op.target, args, dict(op.kwargs))
             new.meta = dict(op.meta)
             self._replayed[key] = new
         return self._replayed[key]

@@ -13,23 +13,25 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
 import fuzz  # noqa: E402
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", range(50))
-def test_random_architecture_folds_exactly_or_is_refused(seed):
-    outcome, detail = fuzz.run_case(seed)
+
+def _exact_or_refused(seed: int, framework: str) -> None:
+    """The case of ``seed`` folds and exports exactly, or a pass refuses it naming the node."""
+    outcome, detail = fuzz.run_case(seed, framework)
     assert outcome in ("exact", "refused"), f"seed {seed}: {detail}"
     if outcome == "refused":  # "<pass>: <node>: <reason>"
         assert re.match(r"^(convert|fold|export): [\w.]+: \S", detail), detail
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(50))
+def test_random_architecture_folds_exactly_or_is_refused(seed):
+    _exact_or_refused(seed, "spikingjelly")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(15))
 def test_random_norse_architecture_folds_exactly_or_is_refused(seed):
     pytest.importorskip("norse")
-    outcome, detail = fuzz.run_case(seed, "norse")
-    assert outcome in ("exact", "refused"), f"seed {seed}: {detail}"
-    if outcome == "refused":
-        assert re.match(r"^(convert|fold|export): [\w.]+: \S", detail), detail
+    _exact_or_refused(seed, "norse")
 
 
 # Of `python bench/fuzz.py --framework snntorch --n 100` (83 exact, 17 refused, 0 bugs): the quicker ones, all three
@@ -43,7 +45,4 @@ SNNTORCH_SEEDS = [2, 4, 5, 8, 9, 12, 20, 24, 27, 32, 43, 46, 48, 53, 58]
 @pytest.mark.parametrize("seed", SNNTORCH_SEEDS)
 def test_random_snntorch_architecture_folds_exactly_or_is_refused(seed):
     pytest.importorskip("snntorch")
-    outcome, detail = fuzz.run_case(seed, "snntorch")
-    assert outcome in ("exact", "refused"), f"seed {seed}: {detail}"
-    if outcome == "refused":
-        assert re.match(r"^(convert|fold|export): [\w.]+: \S", detail), detail
+    _exact_or_refused(seed, "snntorch")
