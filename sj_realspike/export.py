@@ -9,6 +9,7 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -19,7 +20,7 @@ from .atomic import atomic_write
 from .blame import blame_export_failure
 from .errors import RealSpikeError
 from .fold import NotConvertedWarning, fold
-from .frameworks import reset
+from .frameworks import adapter_for, reset
 from .layout import input_layout_of
 from .lowering import lower_for_export, step_mode_of
 from .neurons import is_neuron, is_ternary
@@ -102,7 +103,24 @@ def model_fingerprint(deploy_model: nn.Module, time_steps: int, layout: str) -> 
         if is_neuron(m):
             params = [getattr(m, k, None) for k in ("v_threshold", "v_reset", "tau", "decay_input")]
             h.update(f"|{name}|{type(m).__qualname__}|{params}".encode())
+            adapter = adapter_for(m)
+            settings = adapter.settings(m) if adapter is not None else {}
+            if settings:  # Norse's parameter tuple, snnTorch's reset_delay...: what the state_dict lacks
+                h.update(f"|{_canonical(settings)}".encode())
     return h.hexdigest()
+
+
+def _canonical(value: Any) -> str:
+    """``value`` as text that changes with every number in it (tensors in full precision, not torch's 4 digits)."""
+    if isinstance(value, torch.Tensor):
+        return f"tensor{tuple(value.shape)}{value.detach().cpu().double().flatten().tolist()}"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_canonical(v)}" for k, v in sorted(value.items())) + "}"
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a NamedTuple such as norse's LIFParameters
+        return type(value).__name__ + _canonical(value._asdict())
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_canonical(v) for v in value) + "]"
+    return repr(value)
 
 
 def check_opset(opset: int) -> None:

@@ -265,6 +265,22 @@ def test_capture_leaves_no_tensor_constants_on_the_model_and_fold_is_determinist
     assert model_fingerprint(first, "2", "N,F") == model_fingerprint(second, "2", "N,F")
 
 
+def test_fingerprint_tells_norse_time_constants_and_thresholds_apart():
+    """Norse keeps a neuron's parameters in its ``p`` tuple, outside the state_dict: the fingerprint
+    must still change with each of them (verify names a file exported from another model)."""
+    from sj_realspike.export import model_fingerprint
+
+    def deploy(p: LIFParameters) -> nn.Module:
+        torch.manual_seed(0)
+        net = SequentialState(nn.Linear(6, 8), LIF(p), nn.Linear(8, 2))
+        return rs.fold(rs.convert_model(net, norse_nets.image(2, 2, 6)))
+
+    prints = {model_fingerprint(deploy(p), "2", "T,N,F") for p in (
+        LIFParameters(), LIFParameters(), LIFParameters(tau_mem_inv=torch.tensor(100.0 + 1 / 64)),
+        LIFParameters(v_th=torch.tensor(0.5)), LIFParameters(v_reset=torch.tensor(0.25)))}
+    assert len(prints) == 4  # the two default neurons agree, every other setting differs
+
+
 def test_single_step_model_with_an_unlowered_stateful_neuron_is_refused_at_export(tmp_path):
     net = SequentialState(nn.Linear(6, 8), LIFCell(), nn.Linear(8, 8), LSNNRecurrentCell(8, 8), nn.Linear(8, 2))
     x = norse_nets.image(2, 2, 6) * 16

@@ -118,6 +118,13 @@ class FrameworkAdapter:
         """``m``'s own state by attribute name (membranes, traces): copied detached, snapshotted, watched."""
         return {}
 
+    def settings(self, m: nn.Module) -> dict[str, Any]:
+        """Neuron ``m``'s settings that decide what it computes and are not in its ``state_dict``
+        (beyond SpikingJelly's ``v_threshold``/``v_reset``/``tau``/``decay_input``, which
+        `model_fingerprint` reads by name): the fingerprint hashes them, so a deploy model with
+        other time constants or another reset is told apart."""
+        return {}
+
     def set_state(self, m: nn.Module, state: dict[str, Any]) -> None:
         """Put back what `state` returned."""
         for key, value in state.items():

@@ -394,6 +394,10 @@ class NorseAdapter(FrameworkAdapter):
         return self.owns(m)
 
     # -------------------------------------------------------------------- calls
+    def settings(self, m: nn.Module) -> dict[str, Any]:
+        # Norse keeps its time constants, threshold and reset in the parameter tuple ``p`` (not in the state_dict)
+        return {k: getattr(m, k) for k in ("p", "dt") if hasattr(m, k)}
+
     def spike_index(self, m: nn.Module, out: Any) -> int | None:
         return 0  # (z, state)
 

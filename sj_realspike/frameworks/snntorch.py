@@ -193,6 +193,10 @@ class SnnTorchAdapter(FrameworkAdapter):
         return {key: m._buffers[key] for key in sorted(m._non_persistent_buffers_set)
                 if isinstance(m._buffers.get(key), torch.Tensor)}
 
+    def settings(self, m: nn.Module) -> dict[str, Any]:
+        # threshold, beta, graded_spikes_factor and the reset mechanism are buffers (in the state_dict)
+        return {k: getattr(m, k) for k in ("reset_delay", "inhibition", "state_quant", "output") if hasattr(m, k)}
+
     # -------------------------------------------------------------------- calls
     def spike_index(self, m: nn.Module, out: Any) -> int | None:
         return 0 if isinstance(out, tuple) else None
