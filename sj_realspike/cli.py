@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .atomic import remove_pending, resolve_destination
-from .console import OneLineParser, error_line, log_to_stderr, positive_int
+from .console import OneLineParser, error_line, format_table, log_to_stderr, positive_int
 from .errors import RealSpikeError
 
 if TYPE_CHECKING:
@@ -435,7 +435,6 @@ def _load_array(path: str) -> np.ndarray:
 def _describe_bundle(path: Path, trust: list[str]) -> str:
     from .bundle import load_bundle, read_manifest
     from .neurons import is_neuron, is_ternary
-    from .report import format_table
     from .spiking import amplitude_of, base_class
 
     manifest, _ = read_manifest(path)
@@ -480,8 +479,6 @@ def _energy(path: Path, plot: str | None, trust: list[str]) -> str:
 def _describe_onnx(path: Path) -> str:
     import numpy as np
     import onnx
-
-    from .report import format_table
 
     try:
         model = onnx.load(str(path))

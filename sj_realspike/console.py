@@ -1,4 +1,4 @@
-"""Console conventions of the command-line tools: one-line errors, log lines on stderr.
+"""Console conventions of the command-line tools: one-line errors, log lines on stderr, tables.
 
 Errors are a single ``sj-realspike: error: …`` line with exit status 2, argument errors
 included (usage stays in ``--help``). The library only logs
@@ -14,9 +14,9 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
-__all__ = ["PREFIX", "OneLineParser", "error_line", "log_to_stderr", "positive_int"]
+__all__ = ["PREFIX", "OneLineParser", "error_line", "format_table", "log_to_stderr", "positive_int"]
 
 PREFIX = "sj-realspike"
 
@@ -66,3 +66,13 @@ def log_to_stderr(level: int = logging.INFO) -> Iterator[None]:
     finally:
         package.removeHandler(handler)
         package.setLevel(previous)
+
+
+def format_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A plain-text table with aligned columns."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join(out)

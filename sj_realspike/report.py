@@ -8,20 +8,12 @@ from typing import Any
 import torch.fx as fx
 import torch.nn as nn
 
+from .console import format_table
+
 __all__ = ["record_of", "set_record", "ConvertedNeuron", "SkippedNeuron", "ConversionReport", "FoldReport", "conversion_report",
            "fold_report", "format_table"]
 
 META_KEY = "sj_realspike"
-
-
-def format_table(headers: list[str], rows: list[list[Any]]) -> str:
-    """A plain-text table with aligned columns."""
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
-    return "\n".join(out)
 
 
 @dataclass(frozen=True)

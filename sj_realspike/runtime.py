@@ -1,16 +1,24 @@
-"""`OnnxRunner`: an onnxruntime session for exported models (unrolled or stream), with sane CPU defaults."""
+"""`OnnxRunner`: an onnxruntime session for exported models (unrolled or stream), with sane CPU defaults.
+
+Needs numpy, onnx and onnxruntime only: torch tensors are accepted (and returned as tensors) when the
+caller has torch, which keeps ``sj-realspike run`` and ``inspect`` of an ONNX file free of importing it.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["OnnxRunner", "physical_cores"]
 
@@ -241,9 +249,10 @@ class OnnxRunner:
 
 def _as_array(x: np.ndarray | torch.Tensor):
     """``x`` as a numpy array, and the function turning outputs back into ``x``'s kind (and device)."""
-    if isinstance(x, torch.Tensor):
-        device = x.device
-        return x.detach().cpu().numpy(), lambda o: torch.from_numpy(o).to(device)
     if isinstance(x, np.ndarray):
         return x, lambda o: o
+    torch = sys.modules.get("torch")  # a tensor exists only where torch is imported already
+    if torch is not None and isinstance(x, torch.Tensor):
+        device = x.device
+        return x.detach().cpu().numpy(), lambda o: torch.from_numpy(o).to(device)
     raise TypeError(f"expected a numpy array or torch tensor, got {type(x).__name__}")

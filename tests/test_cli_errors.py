@@ -292,6 +292,23 @@ def test_help_answers_without_importing_torch():
     assert "Real Spike / Ternary Spike" in r.stdout
 
 
+def test_run_and_inspect_of_an_onnx_file_do_not_import_torch(tmp_path):
+    # numpy, onnx and onnxruntime are enough to run a graph: the command answers ~2 s sooner without torch.
+    code = ("import sys\nimport numpy as np\nimport onnx\nfrom onnx import TensorProto, helper\n"
+            "from sj_realspike.cli import main\n"
+            "io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 'batch', 3]) for n in 'xy']\n"
+            "graph = helper.make_graph([helper.make_node('Relu', ['x'], ['y'])], 'g', io[:1], io[1:])\n"
+            "onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid('', 18)]), 'm.onnx')\n"
+            "np.save('x.npy', np.array([[[-1, 2, 0]], [[3, -4, 5]]], dtype=np.float32))\n"
+            "assert main(['run', 'm.onnx', '--input', 'x.npy', '-o', 'y.npy']) == 0\n"
+            "assert main(['inspect', 'm.onnx']) == 0\n"
+            "assert np.load('y.npy').tolist() == [[[0, 2, 0]], [[3, 0, 5]]]\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "wrote y.npy (2, 1, 3) float32" in r.stdout and "1 nodes, 0 parameters" in r.stdout
+
+
 def test_public_names_resolve_lazily_to_their_functions():
     import sj_realspike.verify  # noqa: F401  (binds the submodule on the package)
 
