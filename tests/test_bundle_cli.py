@@ -28,6 +28,22 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.fixture
+def cli_in_process(capsys, monkeypatch):
+    """``cli.main`` in this interpreter, answering like `cli`: the same code without the ~3 s of a fresh
+    interpreter importing torch per command (the README's CLI walkthrough runs these as processes)."""
+    from sj_realspike import cli as cli_module
+
+    def call(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)
+        monkeypatch.syspath_prepend(str(TESTS))
+        status = cli_module.main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), status, out, err)
+
+    return call
+
+
 def test_bundle_round_trip_of_a_trained_model(tmp_path):
     x = nets.example("m")
     model = rs.convert_model(nets.custom("shortcut", "PLIF"), x, spike="ternary", granularity="element")
@@ -72,6 +88,7 @@ def test_kwargs_resolve_classes_only():
         resolve_kwargs({"f": "no_such_pkg:thing"}, trust=["no_such_pkg"])
 
 
+@pytest.mark.slow
 def test_cli_convert_fold_inspect(tmp_path):
     r = cli("convert", *FACTORY, "--granularity", "element", "-o", "c.bundle", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -119,6 +136,7 @@ def test_cli_bad_input_one_line_error_exit_2_no_output(tmp_path, argv, message):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_truncated_bundle_is_reported(tmp_path):
     r = cli("convert", *FACTORY, "-o", "c.bundle", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -136,7 +154,8 @@ def test_every_command_help_shows_an_example(command):
 
 
 @pytest.mark.slow
-def test_cli_end_to_end_sew_resnet18_with_recipe(tmp_path):
+def test_cli_end_to_end_sew_resnet18_with_recipe(tmp_path, cli_in_process):
+    cli = cli_in_process
     kwargs = json.dumps({"spiking_neuron": "spikingjelly.activation_based.neuron.LIFNode", "cnf": "ADD",
                          "num_classes": 10})
     steps = [

@@ -383,6 +383,7 @@ def test_save_records_pretrained_false(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ CLI
+@pytest.mark.slow
 def test_cli_refuses_attacks_in_one_line_and_runs_nothing(tmp_path, bomb):
     sentinel, victim = tmp_path / "SENTINEL", tmp_path / "victim"
     victim.mkdir()
@@ -410,6 +411,7 @@ def test_cli_refuses_attacks_in_one_line_and_runs_nothing(tmp_path, bomb):
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("out.", ".out."))]
 
 
+@pytest.mark.slow
 def test_cli_trust_flag(tmp_path):
     name = module(tmp_path, "def broken(**kw):\n    raise RuntimeError('boom')\n")
     write(tmp_path / "broken.bundle", manifest(factory=f"{name}:broken", kwargs={}))

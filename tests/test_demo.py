@@ -37,6 +37,7 @@ def _table(stdout: str) -> dict[str, dict[str, str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     assert demo.main(["--quick", "--out", str(tmp_path)]) == 0
     rows = _table(capsys.readouterr().out)

@@ -1,7 +1,8 @@
-"""Every ```python and ```bash block of README.md runs as written, in order, in a fresh directory.
+"""Every ```python and ```bash block of README.md runs as written.
 
-Python blocks share one namespace (one process: this one), bash blocks run with ``bash -e``
-in the same directory. The two fresh-machine commands install the package (it is installed
+The python blocks run in order in one namespace (one process: this one) and one fresh directory; each
+bash block runs with ``bash -e`` in a fresh directory of its own (a reader copies one command block at a
+time, so each must stand alone), as a test of its own so that the long ones run side by side. The two fresh-machine commands install the package (it is installed
 here) and run the demo and the whole suite: while the README says exactly those commands,
 they run in a reduced form (the demo with ``--quick`` and one variant; pytest only collects: never the suite
 from inside itself). Nothing in the README text is edited.
@@ -25,7 +26,7 @@ FRESH = {
     # test_demo runs every variant of the demo; here the console script runs one, end to end.
     "python -m pip install -e '.[demo]' && sj-realspike demo\n": (
         "sj-realspike demo --quick --variants real-channel --out demo_out\n", None),
-    "python -m pip install -e '.[dev]' && python -m pytest -q\n": ("python -m pytest -q --collect-only\n", REPO),
+    "python -m pip install -e '.[dev]' && python -m pytest -q\n": ("python -m pytest -q --collect-only -n 0\n", REPO),
 }
 
 
@@ -47,20 +48,43 @@ def test_every_block_is_known_and_parses():
     assert set(FRESH) <= {code for _, code in found}, "a fresh-machine command changed: update FRESH"
 
 
-@pytest.mark.slow
-def test_readme_blocks_run_in_order(tmp_path, monkeypatch):
+def _fresh_directory(tmp_path: Path, monkeypatch) -> Path:
     (tmp_path / "examples").symlink_to(REPO / "examples")  # blocks run from the repository root
     monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_readme_python_blocks_run_in_order(tmp_path, monkeypatch):
+    _fresh_directory(tmp_path, monkeypatch)
     namespace: dict = {"__name__": "__readme__"}
     for i, (lang, code) in enumerate(blocks()):
         if lang == "python":
             exec(compile(code, f"README.md block {i}", "exec"), namespace)
-            continue
-        code, cwd = FRESH.get(code, (code, None))
-        r = subprocess.run(["bash", "-e", "-c", code], cwd=cwd or tmp_path, capture_output=True,
-                           text=True, timeout=1200)
-        assert r.returncode == 0, f"README.md block {i} failed ({r.returncode}):\n{code}\n{r.stdout[-3000:]}\n" \
-                                  f"{r.stderr[-3000:]}"
-    assert {"net.onnx", "trained.bundle", "deploy.bundle", "x.npy", "y.npy"} <= {p.name for p in tmp_path.iterdir()}
-    assert (tmp_path / "demo_out" / "amplitudes_and_rates.png").is_file()
+    assert {"net.onnx", "step.onnx"} <= {p.name for p in tmp_path.iterdir()}
     assert namespace["y"].shape == (2, 1, 10)  # the last python block's onnxruntime output
+
+
+# What a bash block leaves behind, by a command it runs (each block must run one of these).
+BASH_OUTPUTS = {
+    "sj-realspike demo": ["demo_out/amplitudes_and_rates.png"],
+    "python -m pytest": [],
+    "sj-realspike convert": ["converted.bundle", "trained.bundle", "deploy.bundle", "net.onnx", "x.npy", "y.npy"],
+    "torchrun": ["ddp_out/model.onnx"],
+}
+BASH_BLOCKS = [(i, code) for i, (lang, code) in enumerate(blocks()) if lang == "bash"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index,code", BASH_BLOCKS, ids=[f"block{i}" for i, _ in BASH_BLOCKS])
+def test_readme_bash_block_runs(tmp_path, monkeypatch, index, code):
+    outputs = [files for command, files in BASH_OUTPUTS.items() if command in code]
+    assert len(outputs) == 1, f"README.md block {index} runs none (or several) of {list(BASH_OUTPUTS)}: " \
+                              "say in BASH_OUTPUTS what it leaves behind"
+    run, cwd = FRESH.get(code, (code, None))
+    r = subprocess.run(["bash", "-e", "-c", run], cwd=cwd or _fresh_directory(tmp_path, monkeypatch),
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, f"README.md block {index} failed ({r.returncode}):\n{code}\n{r.stdout[-3000:]}\n" \
+                              f"{r.stderr[-3000:]}"
+    missing = [f for f in outputs[0] if not (tmp_path / f).is_file()]
+    assert not missing, f"README.md block {index} did not write {missing}"

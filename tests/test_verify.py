@@ -294,6 +294,7 @@ def _verify_cli(capsys, *args: str) -> tuple[int, str, str]:
     return status, out, err
 
 
+@pytest.mark.slow
 def test_cli_verify_exit_status_follows_the_verdict(factory_dir, capsys, monkeypatch):
     tmp = factory_dir
     monkeypatch.chdir(tmp)
