@@ -21,6 +21,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .errors import UnsupportedPatternError
+from .torchlib_cache import cached_torchlib_registry
 
 
 def _suspects(gm: fx.GraphModule) -> dict[str, nn.Module]:
@@ -78,7 +79,7 @@ def blame_export_failure(gm: fx.GraphModule, x: torch.Tensor, reset) -> Unsuppor
         m = suspects[name]
         reset(m)
         try:
-            with torch.no_grad(), warnings.catch_warnings():
+            with torch.no_grad(), warnings.catch_warnings(), cached_torchlib_registry():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(m, args, dynamo=True, optimize=False, verbose=False)
         except Exception as e:

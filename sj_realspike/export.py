@@ -27,6 +27,7 @@ from .neurons import is_neuron, is_ternary
 from .report import record_of
 from .state import copy_model
 from .stream import STATE_IN, STATE_OUT, lower_for_stream
+from .torchlib_cache import cached_torchlib_registry
 from .weightless import weightless
 
 __all__ = ["ANY_T", "METADATA_PREFIX", "ExportError", "as_deploy_model", "check_opset", "export_onnx",
@@ -259,7 +260,7 @@ def _export(lowered: fx.GraphModule, inputs: list[tuple[torch.Tensor, str, int]]
     batch = torch.export.Dim("batch", min=1)
     dynamic_shapes = tuple({b: batch} for _, _, b in inputs) if dynamic_batch else None
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), cached_torchlib_registry():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 lowered, args, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
