@@ -4,12 +4,8 @@ import os
 import sys
 
 import pytest
-import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-# Under pytest-xdist each worker gets its share of the cores (two workers on two cores: one thread each).
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 _COLLECT_ABOVE = 2e9  # bytes resident after a test that makes a full garbage collection worth its ~0.3 s
 try:
     _LIBC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
@@ -23,6 +19,17 @@ def _resident_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError):
         return 0
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads():
+    """Each process that runs tests gets its share of the cores (two xdist workers on two cores: one torch
+    thread each). torch is imported here, not at the top: the xdist controller runs no test and so does
+    not hold torch's half a gigabyte."""
+    import torch
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
