@@ -16,6 +16,7 @@ import torch
 import sj_realspike as rs
 from sj_realspike.bundle import resolve_kwargs
 from sj_realspike.testing import run
+from test_cli_errors import main_in_process
 
 TESTS = Path(__file__).parent
 FACTORY = ["--model", "nets:custom", "--kwargs", '{"name": "sum", "neuron_name": "LIF"}',
@@ -30,16 +31,10 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def cli_in_process(capsys, monkeypatch):
-    """``cli.main`` in this interpreter, answering like `cli`: the same code without the ~3 s of a fresh
-    interpreter importing torch per command (the README's CLI walkthrough runs these as processes)."""
-    from sj_realspike import cli as cli_module
-
+    """`main_in_process` answering like `cli`: the same code without the ~3 s of a fresh interpreter
+    importing torch per command (the README's CLI walkthrough runs these as processes)."""
     def call(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-        monkeypatch.chdir(cwd)
-        monkeypatch.syspath_prepend(str(TESTS))
-        status = cli_module.main(list(args))
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(list(args), status, out, err)
+        return subprocess.CompletedProcess(list(args), *main_in_process(list(args), cwd, capsys, monkeypatch))
 
     return call
 
