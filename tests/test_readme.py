@@ -2,10 +2,10 @@
 
 The python blocks run in order in one namespace (one process: this one) and one fresh directory; each
 bash block runs with ``bash -e`` in a fresh directory of its own (a reader copies one command block at a
-time, so each must stand alone), as a test of its own so that the long ones run side by side. The two fresh-machine commands install the package (it is installed
-here) and run the demo and the whole suite: while the README says exactly those commands,
-they run in a reduced form (the demo with ``--quick`` and one variant; pytest only collects: never the suite
-from inside itself). Nothing in the README text is edited.
+time, so each must stand alone), as a test of its own so that the long ones run side by side. The two
+fresh-machine commands install the package (it is installed here) and run the demo and the whole suite:
+while the README says exactly those commands, they run in a reduced form (the demo with ``--quick`` and one
+variant; pytest only collects: never the suite from inside itself). Nothing in the README text is edited.
 """
 
 from __future__ import annotations
