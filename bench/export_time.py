@@ -5,8 +5,11 @@ real-channel sew_resnet18 (32×32, example batch 2) and its original SpikingJell
 
 * ``plain T=4``: ``torch.onnx.export(net, (x,), dynamo=True)`` of the original multi-step
   network (its own neuron loops; the exporter's default ``optimize=True``), batch dynamic.
-* ``before T=4``: `export_onnx` as it was before export compacted its graphs itself: the
-  exporter's full onnxscript optimizer (``optimize=True``) in place of `_compact`.
+* ``before T=4``: `export_onnx` as it was before export compacted its graphs itself and
+  skipped the exporter's second trace: the exporter's full onnxscript optimizer
+  (``optimize=True``) in place of `_compact`, and torch's decomposition of the whole program.
+* ``retrace T=4``: `export_onnx` with torch's decomposition of the whole program in place of
+  `sj_realspike.decompose.lean_decompositions` (what skipping the second trace saves).
 * ``ours T=…``: `export_onnx` unrolled; ``stream T=…``: ``export_onnx(..., stream=True)``
   (the example's ``T`` only sizes the check of its graph).
 
@@ -24,6 +27,7 @@ per sequence (interleaved, N=8, 2 threads) — the compaction must not cost infe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
@@ -97,10 +101,16 @@ def main(argv: list[str] | None = None) -> int:
         variants: dict[str, Callable[[], None]] = {"plain T=4": lambda: _plain(net, example(4), tmp / "plain.onnx")}
 
         def before() -> None:
-            with mock.patch.object(export_module, "_compact", _full_optimizer):
+            with mock.patch.object(export_module, "_compact", _full_optimizer), \
+                    mock.patch.object(export_module, "lean_decompositions", contextlib.nullcontext):
                 rs.export_onnx(deploy, tmp / "before.onnx", example(4))
 
+        def retrace() -> None:
+            with mock.patch.object(export_module, "lean_decompositions", contextlib.nullcontext):
+                rs.export_onnx(deploy, tmp / "retrace.onnx", example(4))
+
         variants["before T=4"] = before
+        variants["retrace T=4"] = retrace
         for t in args.unrolled_steps:
             variants[f"ours T={t}"] = lambda t=t: rs.export_onnx(deploy, tmp / f"ours{t}.onnx", example(t))
         for t in args.stream_steps:
@@ -120,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         s = {k: statistics.median(v) for k, v in cpu.items()}
         wall = {k: statistics.median(v) for k, v in seconds.items()}
         nodes = {k: len(onnx.load(tmp / f).graph.node) for k, f in
-                 [("plain T=4", "plain.onnx"), ("before T=4", "before.onnx"), ("ours T=4", "ours4.onnx")]
+                 [("plain T=4", "plain.onnx"), ("before T=4", "before.onnx"), ("retrace T=4", "retrace.onnx"),
+                  ("ours T=4", "ours4.onnx")]
                  + [(f"stream T={t}", f"stream{t}.onnx") for t in args.stream_steps] if (tmp / f).exists()}
         print(f"\nmedian export seconds of {args.rounds} interleaved rounds (ratios below: CPU seconds)")
         print(format_table(["export", "CPU s", "wall s", "ONNX nodes"],
@@ -128,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = args.stream_steps[0]
         rows = [["ours / plain dynamo export of the original, T=4 (target <= 1)",
                  f"{s['ours T=4'] / s['plain T=4']:.2f}x"],
-                ["before / ours, T=4 (what compaction instead of the full optimizer saves)",
+                ["before / ours, T=4 (compaction instead of the full optimizer, no second trace)",
                  f"{s['before T=4'] / s['ours T=4']:.2f}x"],
+                ["retrace / ours, T=4 (what skipping the second trace saves)",
+                 f"{s['retrace T=4'] / s['ours T=4']:.2f}x"],
                 [f"before (unrolled, T=4) / stream T={t0} (target >= 2)",
                  f"{s['before T=4'] / s[f'stream T={t0}']:.2f}x"]]
         rows += [[f"stream T={t} / stream T={t0} (target ~1: flat in T)",

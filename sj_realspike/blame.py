@@ -21,6 +21,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .errors import UnsupportedPatternError
+from .decompose import lean_decompositions
 from .torchlib_cache import cached_torchlib_registry
 
 
@@ -79,7 +80,7 @@ def blame_export_failure(gm: fx.GraphModule, x: torch.Tensor, reset) -> Unsuppor
         m = suspects[name]
         reset(m)
         try:
-            with torch.no_grad(), warnings.catch_warnings(), cached_torchlib_registry():
+            with torch.no_grad(), warnings.catch_warnings(), cached_torchlib_registry(), lean_decompositions():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(m, args, dynamo=True, optimize=False, verbose=False)
         except Exception as e:

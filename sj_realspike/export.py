@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from .atomic import atomic_write
 from .blame import blame_export_failure
+from .decompose import lean_decompositions
 from .errors import RealSpikeError
 from .fold import NotConvertedWarning, fold
 from .frameworks import adapter_for, reset
@@ -162,8 +163,10 @@ def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_i
 
     Neurons and fold-made synapses are first lowered to compact op sequences
     (`sj_realspike.lowering`), then exported with ``torch.onnx.export(dynamo=True)``
-    and compacted (constant folding, common subexpressions, reshape chains: what of
-    onnxscript's optimizer pays, see bench/export_time.py). The result must pass
+    (without its second trace of the program where renaming a few nodes does the same,
+    `sj_realspike.decompose`) and compacted (constant folding, common subexpressions,
+    reshape chains: what of onnxscript's optimizer pays, see bench/export_time.py). The
+    result must pass
     ``onnx.checker.check_model(full_check=True)`` and strict shape inference and use the
     default ONNX domain only; it is then written atomically (an existing file survives
     any failure). ``metadata_props`` record ``sj_realspike.spike``
@@ -260,7 +263,7 @@ def _export(lowered: fx.GraphModule, inputs: list[tuple[torch.Tensor, str, int]]
     batch = torch.export.Dim("batch", min=1)
     dynamic_shapes = tuple({b: batch} for _, _, b in inputs) if dynamic_batch else None
     try:
-        with torch.no_grad(), warnings.catch_warnings(), cached_torchlib_registry():
+        with torch.no_grad(), warnings.catch_warnings(), cached_torchlib_registry(), lean_decompositions():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 lowered, args, dynamo=True, opset_version=opset, dynamic_shapes=dynamic_shapes,
@@ -293,6 +296,7 @@ def _compact(model: object) -> None:
     same onnxruntime time (bench/export_time.py), and it would fuse a BatchNorm that fold left
     after a Conv into the Conv's weights: a rounding the deploy model does not have.
     """
+    import onnx_ir.passes
     import onnx_ir.passes.common as common
     from onnxscript import optimizer, rewriter
     from onnxscript.rewriter.rules import common as rules
@@ -300,7 +304,7 @@ def _compact(model: object) -> None:
     optimizer.fold_constants_ir(model)
     common.RemoveUnusedNodesPass()(model)
     common.CommonSubexpressionEliminationPass()(model)
-    rewriter.rewrite(model, pattern_rewrite_rules=[
+    rules_pass = rewriter.RewritePass([
         rules.reshape_reshape_rule, rules.materialize_reshape_shape_rule, rules.unsqueeze_unsqueeze_rule,
         rules.squeeze_reshape_1d_rule, rules.cast_cast_rule, rules.no_op_cast_rule, rules.no_op_expand_rule,
         rules.no_op_transpose_rule, rules.transpose_transpose_rule, rules.slice_split_rule,
@@ -310,6 +314,8 @@ def _compact(model: object) -> None:
         # refuses it); folded to a constant above, the zero bias is dropped here
         rules.remove_optional_bias_from_conv_rule, rules.remove_optional_bias_from_conv_transpose_rule,
         rules.remove_optional_bias_from_gemm_rule])
+    # Until nothing changes: a reshape whose shape a rule just made constant merges on the next round.
+    onnx_ir.passes.PassManager([rules_pass, common.RemoveUnusedNodesPass()], steps=4, early_stop=True)(model)
     for compact in (common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
                     common.DeduplicateInitializersPass(), common.CommonSubexpressionEliminationPass(),
                     common.RemoveUnusedNodesPass(), common.OutputFixPass(), common.NameFixPass()):
