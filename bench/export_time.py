@@ -7,7 +7,7 @@ real-channel sew_resnet18 (32×32, example batch 2) and its original SpikingJell
   network (its own neuron loops; the exporter's default ``optimize=True``), batch dynamic.
 * ``before T=4``: `export_onnx` as it was before export compacted its graphs itself and
   skipped the exporter's second trace: the exporter's full onnxscript optimizer
-  (``optimize=True``) in place of `_compact`, and torch's decomposition of the whole program.
+  (``optimize=True``) in place of `sj_realspike.compact`, and torch's decomposition of the whole program.
 * ``retrace T=4``: `export_onnx` with torch's decomposition of the whole program in place of
   `sj_realspike.decompose.lean_decompositions` (what skipping the second trace saves).
 * ``ours T=…``: `export_onnx` unrolled; ``stream T=…``: ``export_onnx(..., stream=True)``
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         variants: dict[str, Callable[[], None]] = {"plain T=4": lambda: _plain(net, example(4), tmp / "plain.onnx")}
 
         def before() -> None:
-            with mock.patch.object(export_module, "_compact", _full_optimizer), \
+            with mock.patch.object(export_module, "compact", _full_optimizer), \
                     mock.patch.object(export_module, "lean_decompositions", contextlib.nullcontext):
                 rs.export_onnx(deploy, tmp / "before.onnx", example(4))
 

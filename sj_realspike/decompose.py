@@ -14,7 +14,7 @@ whose decomposition is a single op, the program is kept and those nodes are rena
 place to exactly what torch's decomposition makes of them. Anything else (another op to
 decompose, a mutating op, a control-flow subgraph) runs torch's own decomposition, as
 without it. The ONNX graph is the same either way; what is left of reshape chains the
-full decomposition would have merged, `sj_realspike.export`'s compaction merges.
+full decomposition would have merged, `sj_realspike.compact` merges.
 
 It reaches into torch's private exporter modules; where those have moved (another torch
 release), it changes nothing.
