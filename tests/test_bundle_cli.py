@@ -116,11 +116,11 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("argv,message", BAD_INPUTS, ids=[" ".join(a[:2]) + f"-{i}" for i, (a, _) in enumerate(BAD_INPUTS)])
-def test_cli_bad_input_one_line_error_exit_2_no_output(tmp_path, argv, message):
+def test_cli_bad_input_one_line_error_exit_2_no_output(tmp_path, argv, message, cli_in_process):
     (tmp_path / "bad.toml").write_text("[global]\ngranulrity = 'layer'\n")
     (tmp_path / "corrupt.bundle").write_bytes(b"PK\x03\x04 truncated")
     (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07garbage")
-    r = cli(*argv, cwd=tmp_path)
+    r = cli_in_process(*argv, cwd=tmp_path)  # test_cli_errors runs such errors through the console script
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sj-realspike: error: "), r.stderr

@@ -21,6 +21,7 @@ import torch
 
 import sj_realspike as rs
 from sj_realspike.bundle import FORMAT, BundleError, read_manifest
+from test_cli_errors import main_in_process
 
 TESTS = Path(__file__).parent
 ZOO_NET = "spikingjelly.activation_based.model.parametric_lif_net:MNISTNet"
@@ -384,7 +385,7 @@ def test_save_records_pretrained_false(tmp_path):
 
 # ------------------------------------------------------------------------------------ CLI
 @pytest.mark.slow
-def test_cli_refuses_attacks_in_one_line_and_runs_nothing(tmp_path, bomb):
+def test_cli_refuses_attacks_in_one_line_and_runs_nothing(tmp_path, bomb, capsys, monkeypatch):
     sentinel, victim = tmp_path / "SENTINEL", tmp_path / "victim"
     victim.mkdir()
     write(tmp_path / "system.bundle", manifest(factory="os:system", kwargs={"command": f"touch {sentinel}"}))
@@ -404,8 +405,13 @@ def test_cli_refuses_attacks_in_one_line_and_runs_nothing(tmp_path, bomb):
         (["export", "int.bundle", "-o", "out.onnx"], r"'factory' must be a string like 'pkg\.module:function'"),
         (["inspect", str(bomb)], r"entry 'archive/data\.pkl' inflates from"),
     ]
-    for argv, message in cases:
-        line = one_line_error(cli(*argv, cwd=tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for i, (argv, message) in enumerate(cases):
+        # The first through the console script; the others in this process (the same code, and
+        # what would run here if a check failed, the sentinel and the victim directory show).
+        r = cli(*argv, cwd=tmp_path) if i == 0 else subprocess.CompletedProcess(
+            argv, *main_in_process(argv, tmp_path, capsys, monkeypatch))
+        line = one_line_error(r)
         assert re.search(message, line), line
     assert not sentinel.exists() and victim.is_dir()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("out.", ".out."))]
