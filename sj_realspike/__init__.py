@@ -29,6 +29,7 @@ _EXPORTS = {
     "ModelEnergy": "energy",
     "energy_report": "energy",
     "ConfigError": "errors",
+    "NotConvertedWarning": "errors",
     "RealSpikeError": "errors",
     "UnsupportedPatternError": "errors",
     "ExportError": "export",

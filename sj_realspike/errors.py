@@ -1,8 +1,8 @@
-"""Exceptions raised by sj-realspike passes."""
+"""Exceptions raised by sj-realspike passes, and the warning `fold` gives (importing it needs no torch)."""
 
 from __future__ import annotations
 
-__all__ = ["RealSpikeError", "UnsupportedPatternError", "ConfigError"]
+__all__ = ["ConfigError", "NotConvertedWarning", "RealSpikeError", "UnsupportedPatternError"]
 
 
 class RealSpikeError(Exception):
@@ -25,3 +25,11 @@ class UnsupportedPatternError(RealSpikeError, ValueError):
 
 class ConfigError(RealSpikeError, ValueError):
     """An invalid spike configuration or recipe (unknown key, bad value)."""
+
+
+class NotConvertedWarning(UserWarning):
+    """`fold` was given a network without spike amplitudes: it only fused BatchNorm.
+
+    Usually ``convert_model`` was forgotten. Folding a plain network on purpose (to fuse
+    BatchNorm, or as ``export_onnx`` does) is fine: filter this warning there.
+    """

@@ -12,7 +12,7 @@ import torch.nn as nn
 from .amplitude import Amplitude
 from .capture import capture, check_generality
 from .convert import call_after, insert_amplitude, remove_amplitude, spike_nodes
-from .errors import UnsupportedPatternError
+from .errors import NotConvertedWarning, UnsupportedPatternError
 from .flow import follow_amplitudes
 from .frameworks import invalidate, reset, step_mode
 from .neurons import is_neuron, is_ternary
@@ -24,14 +24,6 @@ from .state import copy_model
 from .weights import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 __all__ = ["NotConvertedWarning", "constant_factors_on_spikes", "fold", "fuse_batchnorm"]
-
-
-class NotConvertedWarning(UserWarning):
-    """`fold` was given a network without spike amplitudes: it only fused BatchNorm.
-
-    Usually ``convert_model`` was forgotten. Folding a plain network on purpose (to fuse
-    BatchNorm, or as ``export_onnx`` does) is fine: filter this warning there.
-    """
 
 
 def fold(model: nn.Module, *, inplace: bool = False,
