@@ -79,8 +79,7 @@ _RENAMES: dict[Any, Callable[[tuple[Any, ...], dict[str, Any]], Rename | None]] 
 }
 
 
-def _renames(graph: fx.Graph, implemented: set[Any],
-                               decompositions: dict[Any, Any]) -> dict[fx.Node, Rename] | None:
+def _renames(graph: fx.Graph, implemented: set[Any], decompositions: dict[Any, Any]) -> dict[fx.Node, Rename] | None:
     """The renames that make ``graph`` what torch's decomposition would, or ``None`` (it must run).
 
     ``implemented``: the ops torchlib translates; ``decompositions``: those the exporter
