@@ -15,7 +15,11 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+
+import sj_realspike as rs
 
 REPO = Path(__file__).parents[1]
 README = REPO / "README.md"
@@ -72,6 +76,23 @@ BASH_OUTPUTS = {
     "sj-realspike convert": ["converted.bundle", "trained.bundle", "deploy.bundle", "net.onnx", "x.npy", "y.npy"],
     "torchrun": ["ddp_out/model.onnx"],
 }
+
+
+def _ddp_kept_amplitudes_in_sync(out: Path, stdout: str) -> None:
+    """The torchrun block (examples/train_ddp.py, 2 gloo processes): amplitudes trained, identical on both
+    ranks, and rank 0's fold and export runs."""
+    rank0 = torch.load(out / "ddp_out/amplitudes_rank0.pt", weights_only=True)
+    rank1 = torch.load(out / "ddp_out/amplitudes_rank1.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys() and len(rank0) == 3
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert any(not torch.all(a == 1.0) for a in rank0.values()), "training did not move the amplitudes"
+    assert "rank 0 of 2: folded and exported" in stdout
+    y = rs.OnnxRunner(out / "ddp_out/model.onnx")(np.random.rand(4, 3, 1, 16, 16).astype(np.float32))
+    assert y.shape == (4, 3, 10)
+
+
+# What else a bash block's outcome must show, by a command it runs.
+BASH_CHECKS = {"torchrun": _ddp_kept_amplitudes_in_sync}
 BASH_BLOCKS = [(i, code) for i, (lang, code) in enumerate(blocks()) if lang == "bash"]
 
 
@@ -88,3 +109,6 @@ def test_readme_bash_block_runs(tmp_path, monkeypatch, index, code):
                               f"{r.stderr[-3000:]}"
     missing = [f for f in outputs[0] if not (tmp_path / f).is_file()]
     assert not missing, f"README.md block {index} did not write {missing}"
+    for command, check in BASH_CHECKS.items():
+        if command in code:
+            check(tmp_path, r.stdout)
