@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from collections.abc import Sequence
@@ -332,6 +331,8 @@ def verify(model: nn.Module, onnx_path: str | os.PathLike[str], x: torch.Tensor 
     recorded: dict[str, list[torch.Tensor]] = {}
     outputs["deploy"] = _run(deploy, x, steps, recorded)
     outputs["onnx"] = _as_one_tensor(runner(x_np))
+    stream = runner.stream
+    del runner  # its session (the weights, prepacked) is freed before _spike_values makes another
     if len({tuple(o.shape) for o in outputs.values()}) > 1 and len({o.numel() for o in outputs.values()}) == 1:
         # A tuple output flattened on one side may be a single tensor on the other ((logits, None) → logits).
         outputs = {k: o.reshape(-1) for k, o in outputs.items()}
@@ -350,14 +351,14 @@ def verify(model: nn.Module, onnx_path: str | os.PathLike[str], x: torch.Tensor 
             else f"fires the most neurons of {tried}")
     pairs = [("trained", "deploy"), ("deploy", "onnx"), ("trained", "onnx")]
     report.comparisons = [_compare(r, c, outputs[r], outputs[c]) for r, c in pairs if r in outputs]
-    time_steps = ANY_T if runner.stream else layout.time_steps(example)  # a stream graph runs any T
+    time_steps = ANY_T if stream else layout.time_steps(example)  # a stream graph runs any T
     report.fingerprint = model_fingerprint(deploy, time_steps, layout.name)
     report.provenance, report.file_fingerprint = _provenance(proto, deploy, report.fingerprint, time_steps,
                                                              layout.name)
 
     spikes = spike_tensors(proto)
     report.violations = static_violations(proto, spikes)
-    values = _spike_values(proto, spikes, x_np)
+    values = _spike_values(proto, spikes, x_np)  # proto gains outputs: it is not read after this
     for s in spikes:
         v = values[s.value]
         seen = np.unique(v)
@@ -495,18 +496,18 @@ def _compare(reference: str, candidate: str, ref: torch.Tensor, got: torch.Tenso
 
 
 def _spike_values(proto: onnx.ModelProto, spikes: list[SpikeTensor], x: np.ndarray) -> dict[str, np.ndarray]:
-    """Run a copy of the graph, unoptimized, with every spike tensor as an extra output.
+    """Run the graph, unoptimized, with every spike tensor as an extra output (added to ``proto``, not
+    to a copy: a copy of a zoo model's unshared convolutions costs hundreds of megabytes).
 
     A stream graph runs step by step; each spike tensor is then its steps flattened in
     order (the order of the deploy model's ``[T, N, …]`` spikes).
     """
-    probe = copy.deepcopy(proto)
-    outputs = {o.name for o in probe.graph.output}
+    outputs = {o.name for o in proto.graph.output}
     for s in spikes:
         if s.value not in outputs:
-            probe.graph.output.append(onnx.helper.make_tensor_value_info(s.value, onnx.TensorProto.FLOAT, None))
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(s.value, onnx.TensorProto.FLOAT, None))
             outputs.add(s.value)
-    runner = OnnxRunner(probe, optimize=False)
+    runner = OnnxRunner(proto, optimize=False)
     if runner.stream:
         steps = runner.run_steps(x)
         return {name: np.concatenate([s[name].reshape(-1) for s in steps]) for name in runner.output_names}
