@@ -18,21 +18,15 @@ from sj_realspike.bundle import resolve_kwargs
 from sj_realspike.testing import run
 from test_cli_errors import main_in_process
 
-TESTS = Path(__file__).parent
 FACTORY = ["--model", "nets:custom", "--kwargs", '{"name": "sum", "neuron_name": "LIF"}',
            "--example-shape", "2,2,3,16,16"]
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "sj_realspike.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 @pytest.fixture
 def cli_in_process(capsys, monkeypatch):
-    """`main_in_process` answering like `cli`: the same code without the ~3 s of a fresh interpreter
-    importing torch per command (the README's CLI walkthrough runs these as processes)."""
+    """`main_in_process` answering like ``subprocess.run`` of the console script: the same code without the
+    ~4 s of a fresh interpreter importing torch per command (the README's CLI walkthrough and test_cli_errors
+    run the commands as processes)."""
     def call(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess(list(args), *main_in_process(list(args), cwd, capsys, monkeypatch))
 
@@ -83,8 +77,8 @@ def test_kwargs_resolve_classes_only():
         resolve_kwargs({"f": "no_such_pkg:thing"}, trust=["no_such_pkg"])
 
 
-@pytest.mark.slow
-def test_cli_convert_fold_inspect(tmp_path):
+def test_cli_convert_fold_inspect(tmp_path, cli_in_process):
+    cli = cli_in_process
     r = cli("convert", *FACTORY, "--granularity", "element", "-o", "c.bundle", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "3 of 3 neurons converted" in r.stdout
@@ -131,8 +125,8 @@ def test_cli_bad_input_one_line_error_exit_2_no_output(tmp_path, argv, message, 
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-@pytest.mark.slow
-def test_truncated_bundle_is_reported(tmp_path):
+def test_truncated_bundle_is_reported(tmp_path, cli_in_process):
+    cli = cli_in_process
     r = cli("convert", *FACTORY, "-o", "c.bundle", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     data = (tmp_path / "c.bundle").read_bytes()
