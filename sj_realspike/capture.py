@@ -91,7 +91,21 @@ class CaptureResult:
 
 
 def _concrete(a: Any) -> Any:
-    return fx.node.map_aggregate(a, lambda v: v.concrete if isinstance(v, ConcreteProxy) else v)
+    """``a`` with each proxy replaced by its value (fx's own ``ParameterProxy`` for a parameter too)."""
+    return fx.node.map_aggregate(
+        a, lambda v: v.node.meta[CONCRETE] if isinstance(v, fx.Proxy) and CONCRETE in v.node.meta else v)
+
+
+def _record_value(node: fx.Node, value: Any) -> None:
+    """``node``'s value on the example, and the tensor metadata of its tensors (shape propagation's key)."""
+    node.meta[CONCRETE] = value
+    if isinstance(value, torch.Tensor):
+        node.meta["tensor_meta"] = _extract_tensor_metadata(value)
+    elif isinstance(value, (tuple, list)) and value and all(isinstance(v, torch.Tensor) for v in value):
+        node.meta["tensor_meta"] = tuple(_extract_tensor_metadata(v) for v in value)
+    elif isinstance(value, tuple) and value and _tensors_only(value):
+        # Nested items, e.g. Norse's (z, LIFFeedForwardState(v, i)): metadata in the same structure.
+        node.meta["tensor_meta"] = tuple(pytree.tree_map(_extract_tensor_metadata, v) for v in value)
 
 
 class ConcreteProxy(fx.Proxy):
@@ -171,19 +185,21 @@ class ConcreteTracer(fx.Tracer):
         if kind == "output":
             return p
         value = self._evaluate(p.node, kind, target, args, kwargs)
-        p.node.meta[CONCRETE] = value
         if _is_shape_query(kind, target, args) or (
                 kind in ("call_function", "call_method") and p.node.all_input_nodes
                 and all(n.name in self.shape_nodes for n in p.node.all_input_nodes)):
             self.shape_nodes.add(p.node.name)  # computed from shapes only: the same for every input of this shape
-        if isinstance(value, torch.Tensor):
-            p.node.meta["tensor_meta"] = _extract_tensor_metadata(value)
-        elif isinstance(value, (tuple, list)) and value and all(isinstance(v, torch.Tensor) for v in value):
-            p.node.meta["tensor_meta"] = tuple(_extract_tensor_metadata(v) for v in value)
-        elif isinstance(value, tuple) and value and _tensors_only(value):
-            # Nested items, e.g. Norse's (z, LIFFeedForwardState(v, i)): metadata in the same structure.
-            p.node.meta["tensor_meta"] = tuple(pytree.tree_map(_extract_tensor_metadata, v) for v in value)
+        _record_value(p.node, value)
         return p
+
+    def create_node(self, kind: str, target: Any, args: tuple, kwargs: dict, name: str | None = None,
+                    type_expr: Any = None) -> fx.Node:
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        if kind == "get_attr":
+            # create_arg makes these without a proxy (a buffer used in forward, a tensor constant): their
+            # value is the attribute's, as for the parameters create_proxy records.
+            _record_value(node, self._evaluate(node, kind, target, args, kwargs))
+        return node
 
     def _evaluate(self, node: fx.Node, kind: str, target: Any, args: tuple, kwargs: dict) -> Any:
         if kind == "placeholder":
@@ -197,9 +213,12 @@ class ConcreteTracer(fx.Tracer):
                     "Pass a value for every argument of forward() (a dict of example inputs)")
             return self.inputs[target]
         if kind == "get_attr":
+            # fx's patched Module.__getattr__ answers a parameter or buffer with a proxy (for a parameter,
+            # by creating this very get_attr node again: a RecursionError); the value is the tensor itself.
             obj: Any = self.root
-            for part in target.split("."):
-                obj = getattr(obj, part)
+            with _unpatched_modules():
+                for part in target.split("."):
+                    obj = getattr(obj, part)
             return obj
         cargs, ckwargs = _concrete(args), _concrete(kwargs)
         try:

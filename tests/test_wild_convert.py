@@ -12,8 +12,9 @@ import re
 
 import pytest
 import torch
+import torch.nn as nn
 import wild
-from spikingjelly.activation_based import functional, neuron
+from spikingjelly.activation_based import functional, layer, neuron
 
 import sj_realspike as rs
 from sj_realspike.spiking import amplitude_of
@@ -232,9 +233,6 @@ def test_branch_on_tensor_values_is_refused_not_frozen():
 @pytest.mark.parametrize("granularity", ["layer", "channel", "element"])
 def test_concatenated_spikes_fold(granularity):
     # DARTS-style cells (SpikeDHS) concatenate the spikes of several neurons along channels.
-    from spikingjelly.activation_based import layer
-    import torch.nn as nn
-
     class CatNet(nn.Module):
         def __init__(self):
             super().__init__()
@@ -253,4 +251,49 @@ def test_concatenated_spikes_fold(granularity):
     x = torch.rand(2, 2, 3, 8, 8) * 4
     model = rs.convert_model(net, x, granularity=granularity)
     assert len(rs.conversion_report(model).converted) == 3
+    _fold_exact(model, x)
+
+
+class _TimeScale(nn.Module):
+    """TEBN's learnable per-step scale: a forward that reads its own parameter (``x * self.p``)."""
+
+    def __init__(self, steps: int):
+        super().__init__()
+        self.p = nn.Parameter(torch.full((steps, 1, 1, 1, 1), 0.75))
+
+    def forward(self, x):
+        return x * self.p
+
+
+class _ParamsAndBuffers(nn.Module):
+    """Parameters and buffers read in forward: a traced submodule's own parameter between conv and neuron,
+    the root's learnable scale on the input, and spikes times an expression of a registered buffer
+    (SpikingResformer's ``attn * (1 / sqrt(self.firing_rate * d))``) before a synapse."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.tensor(1.5))
+        self.c1, self.scale, self.n1 = layer.Conv2d(3, 4, 3, padding=1), _TimeScale(2), neuron.IFNode()
+        self.register_buffer("rate", torch.full((1, 1, 4, 1, 1), 0.25))
+        self.c2, self.n2 = layer.Conv2d(4, 4, 3, padding=1), neuron.LIFNode()
+        self.flat, self.fc = layer.Flatten(), layer.Linear(4 * 8 * 8, 2)
+
+    def forward(self, x):
+        s = self.n1(self.scale(self.c1(x * self.gain)))
+        s = s * (1.0 / torch.sqrt(self.rate * 4))
+        return self.fc(self.flat(self.n2(self.c2(s))))
+
+
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+def test_parameters_and_buffers_read_in_forward_are_traced_and_fold(granularity):
+    # fx answers `self.p` with a proxy of its own: reading the value through it recursed (the module was
+    # kept whole, or the root could not be captured), and a buffer's node had no shape (a KeyError).
+    torch.manual_seed(0)
+    net = _ParamsAndBuffers()
+    functional.set_step_mode(net, "m")
+    x = torch.rand(2, 2, 3, 8, 8) * 4
+    model = rs.convert_model(net, x, granularity=granularity)
+    report = rs.conversion_report(model)
+    assert _converted(report) == {"n1", "n2"} and not report.skipped
+    assert len(list(rs.amplitude_parameters(model))) == 2
     _fold_exact(model, x)
