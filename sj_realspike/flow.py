@@ -601,7 +601,9 @@ class _Walker:
             return self._merged_linear(name, syn, t, keep_bias)
         if t.scale is not None and isinstance(syn, nn.Conv2d) and not is_spatially_uniform(t.scale):
             out_hw = tuple(self._shape(node)[-2:])
-            new = UnsharedConv2d.from_conv(syn, t.scale, tuple(t.shape[-2:]), out_hw, keep_bias)
+            # in full [C, H, W]: a channels-last amplitude ([W], one per column) broadcasts from the right
+            scale = t.scale.expand(t.shape[t.batch_dims:]).contiguous()
+            new = UnsharedConv2d.from_conv(syn, scale, tuple(t.shape[-2:]), out_hw, keep_bias)
             self.stats.unshared_convs.append(name)
         else:
             new = copy.deepcopy(syn)

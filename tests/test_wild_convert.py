@@ -297,3 +297,32 @@ def test_parameters_and_buffers_read_in_forward_are_traced_and_fold(granularity)
     assert _converted(report) == {"n1", "n2"} and not report.skipped
     assert len(list(rs.amplitude_parameters(model))) == 2
     _fold_exact(model, x)
+
+
+class _TokenMix(nn.Module):
+    """SpikingResformer's DSSA in small: the spikes feed a patch conv and a product that contracts their
+    channels (``yᵀ @ s``), so their amplitude is one per column (channels last) instead of per channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.n1 = layer.Conv2d(3, 4, 3, padding=1), neuron.IFNode()
+        self.patch = layer.Conv2d(4, 4, 2, 2)
+        self.mix, self.n2 = layer.Linear(64, 8), neuron.IFNode()
+        self.fc = layer.Linear(16 * 8, 2)
+
+    def forward(self, x):
+        s = self.n1(self.c1(x))
+        attn = self.patch(s).flatten(3).transpose(-1, -2) @ s.flatten(3)
+        return self.fc(self.n2(self.mix(attn)).flatten(2))
+
+
+def test_a_channels_last_amplitude_into_a_conv_folds_into_an_unshared_conv():
+    # The conv saw the [W] amplitude as a 1-row image and fold failed inside F.unfold.
+    torch.manual_seed(0)
+    net = _TokenMix()
+    functional.set_step_mode(net, "m")
+    x = torch.rand(2, 2, 3, 8, 8) * 4
+    model = rs.convert_model(net, x, granularity="channel")
+    assert tuple(amplitude_of(model.n1).a.shape) == (1, 1, 8)
+    assert len(list(rs.amplitude_parameters(model))) == 2
+    assert len(_fold_exact(model, x).unshared_convs) == 1
