@@ -225,6 +225,7 @@ def static_violations(model: onnx.ModelProto, spikes: list[SpikeTensor] | None =
     logic = _spike_logic(model, {s.value for s in spikes})
     producer = {out: i for i, n in enumerate(nodes) for out in n.output}
     constants = {t.name for t in model.graph.initializer} | {o for n in nodes if n.op_type == "Constant" for o in n.output}
+    static = _static_values(model)
     violations: list[Violation] = []
     for s in spikes:
         i = producer.get(s.value)
@@ -247,10 +248,23 @@ def static_violations(model: onnx.ModelProto, spikes: list[SpikeTensor] | None =
                     if pending is not None and pending not in violations:
                         violations.append(pending)  # scaled spikes arrived at a membrane or a synapse
                     continue
-                if pending is None and node.op_type in _SCALING_OPS and not set(node.output) <= logic:
+                if pending is None and node.op_type in _SCALING_OPS and not set(node.output) <= logic \
+                        and all(v in static for v in node.input if v != value):
+                    # by weights only: an amplitude. A factor computed from the data (a gate, x · σ(f(x))) is
+                    # the architecture's own, which the vanilla network has as well.
                     pending = Violation(s.neuron, node.name, node.op_type, scope.path, scope.cls)
                 frontier.extend((out, pending) for out in node.output)
     return violations
+
+
+def _static_values(model: onnx.ModelProto) -> set[str]:
+    """Values the input data cannot change: weights and constants, shapes, and what is computed from them
+    only (an amplitude expanded to the spikes' shape is one; a gate computed from the spikes is not)."""
+    static = {t.name for t in model.graph.initializer}
+    for node in model.graph.node:  # topological order: one pass
+        if node.op_type in ("Constant", "Shape", "Size") or all(v in static for v in node.input if v):
+            static.update(node.output)
+    return static
 
 
 _STRUCTURAL_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Split", "Concat", "Gather",

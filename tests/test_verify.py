@@ -355,3 +355,28 @@ def test_realistic_weights_fail_at_the_default_rtol_with_a_hint(tmp_path):
     assert not report.ok and "top-1 still agrees on every sample" in report.failures[0]
     assert "pass a larger rtol (--rtol)" in report.failures[0]
     assert rs.verify(model, tmp_path / "m.onnx", x, rtol=0.5).ok
+
+
+class _Gate(torch.nn.Module):
+    """TCJA-style attention: spikes times a gate the network computes from them, ``s · σ(mean(s))``."""
+
+    def forward(self, s):
+        return s * torch.sigmoid(s.mean(dim=(3, 4), keepdim=True))
+
+
+def test_spikes_times_a_gate_from_the_data_are_the_architecture_not_an_amplitude(tmp_path):
+    # The gate's Mul reaches conv2: statically it was "an amplitude that was not folded", and verify FAILed a
+    # bit-identical, pure export. A factor from the weights alone is still one (test_export's planted Muls).
+    net = torch.nn.Sequential(layer.Conv2d(2, 4, 3, padding=1), neuron.LIFNode(), _Gate(),
+                              layer.Conv2d(4, 4, 3, padding=1), neuron.LIFNode(), layer.Flatten(),
+                              layer.Linear(4 * 8 * 8, 3))
+    functional.set_step_mode(net, "m")
+    x = nets.example("m", size=8, T=4)[:, :, :2] * 4
+    model = rs.convert_model(net, x, granularity="channel")
+    report = rs.conversion_report(model)
+    assert [c.module for c in report.converted] == ["4"] and [s.module for s in report.skipped] == ["1"]
+    make_dyadic(model, x)
+    rs.export_onnx(rs.fold(model), tmp_path / "gate.onnx", x)
+    result = rs.verify(model, tmp_path / "gate.onnx", x)
+    assert result.violations == [] and result.pure and result.bit_identical, str(result)
+    assert result.ok and str(result).startswith("PASS: ")
