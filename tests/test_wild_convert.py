@@ -326,3 +326,44 @@ def test_a_channels_last_amplitude_into_a_conv_folds_into_an_unshared_conv():
     assert tuple(amplitude_of(model.n1).a.shape) == (1, 1, 8)
     assert len(list(rs.amplitude_parameters(model))) == 2
     assert len(_fold_exact(model, x).unshared_convs) == 1
+
+
+class _DefaultsLIF(neuron.LIFNode):
+    """SpikingResformer's neuron: a LIFNode subclass that only sets constructor defaults."""
+
+    def __init__(self):
+        super().__init__(tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0, detach_reset=True, step_mode="m")
+
+
+class _ChargeLIF(_DefaultsLIF):
+    """A subclass that changes the charge: not a LIFNode's dynamics any more."""
+
+    def neuronal_charge(self, x):
+        self.v = self.v + 2 * x
+
+
+def _subclassed_net(neuron_class: type) -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(layer.Conv2d(3, 4, 3, padding=1), neuron_class(), layer.Conv2d(4, 4, 3, padding=1),
+                        neuron_class(), layer.Flatten(), layer.Linear(4 * 8 * 8, 2))
+    functional.set_step_mode(net, "m")
+    return net
+
+
+def test_a_neuron_subclass_that_only_sets_defaults_is_its_base_for_ternary_and_export(tmp_path, caplog):
+    x = torch.rand(2, 2, 3, 8, 8) * 4
+    real = rs.convert_model(_subclassed_net(_DefaultsLIF), x, granularity="channel")
+    with caplog.at_level(logging.WARNING, logger="sj_realspike"):
+        rs.export_onnx(rs.fold(real), tmp_path / "real.onnx", x)
+    assert "no compact lowering" not in caplog.text  # lowered like a LIFNode, not exported through its forward
+    model = rs.convert_model(_subclassed_net(_DefaultsLIF), x, spike="ternary", granularity="layer")
+    assert len(rs.conversion_report(model).converted) == 2 and not rs.conversion_report(model).skipped
+    _fold_exact(model, x)
+    rs.export_onnx(rs.fold(model), tmp_path / "m.onnx", x)
+    report = rs.verify(model, tmp_path / "m.onnx", x)
+    assert report.bit_identical and report.pure and {n.kind for n in report.neurons} == {"ternary"}, str(report)
+
+    changed = rs.convert_model(_subclassed_net(_ChargeLIF), x, spike="ternary", granularity="layer")
+    reasons = {s.reason for s in rs.conversion_report(changed).skipped}
+    assert reasons == {"_ChargeLIF has no ternary counterpart (IFNode, LIFNode, ParametricLIFNode have; it "
+                       "overrides neuronal_charge of LIFNode, which may change its dynamics)"}

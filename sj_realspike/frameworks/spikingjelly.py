@@ -8,7 +8,7 @@ wrappers) whole and traces through SpikingJelly's step containers. State is each
 ``functional.reset_net``. A neuron call returns its spikes; multi-step (``'m'``) neurons
 take ``[T, N, …]``. Ternary counterparts: ``TernaryIFNode``, ``TernaryLIFNode`` and
 `TernaryParametricLIFNode` (defined here: SpikingJelly has no ternary PLIF). Export
-lowers IF/LIF/PLIF and their ternary twins (exact types) to
+lowers IF/LIF/PLIF and their ternary twins (and subclasses that only set defaults) to
 `sj_realspike.lowered.LoweredNeuron` (`lower_neuron`); NIR export and import
 (`import_nir`) use SpikingJelly's own ``nir_exchange`` conventions.
 """
@@ -116,11 +116,42 @@ _TERNARY_TYPES = tuple(_TERNARY_OF.values())
 # Recorded sequences that a forward may read like state (store_v_seq).
 _SEQUENCES = ("v_seq", "spike_seq", "h_seq")
 _NIR_NEURONS = (neuron.IFNode, neuron.LIFNode, neuron.ParametricLIFNode)
-# Neurons with an export lowering (exact types: a subclass may change the dynamics).
+# Neurons with an export lowering (and their subclasses that define only a constructor: `dynamics_class`).
 _LOWERED_BINARY = (neuron.IFNode, neuron.LIFNode, neuron.ParametricLIFNode)
 _LOWERED_TERNARY = (neuron.TernaryIFNode, neuron.TernaryLIFNode, TernaryParametricLIFNode)
 _LOWERABLE = _LOWERED_BINARY + _LOWERED_TERNARY
 _ONNX_REMEDY = "export_onnx supports this model as it is"
+# What a subclass may define and still run its base's equations (SpikingResformer's `class LIF(LIFNode)`
+# only sets constructor defaults).
+_NOT_DYNAMICS = {"__init__", "__module__", "__qualname__", "__doc__", "__annotations__", "__dict__",
+                 "__weakref__", "extra_repr", "__firstlineno__", "__static_attributes__"}
+
+
+def dynamics_class(m: nn.Module) -> type:
+    """The SpikingJelly neuron class whose equations ``m`` runs: its own class, or the IF/LIF/PLIF (or
+    ternary) class a subclass derives from when it defines nothing but its constructor.
+
+    A subclass that overrides anything else (a charge, a reset, a forward) may change the dynamics,
+    so it stays its own class: no ternary twin, lowering or NIR node is assumed for it.
+    """
+    cls = type(m)
+    if cls in _LOWERABLE:
+        return cls
+    for base in _LOWERABLE:
+        if issubclass(cls, base) and all(set(vars(c)) <= _NOT_DYNAMICS
+                                         for c in cls.__mro__[:cls.__mro__.index(base)]):
+            return base
+    return cls
+
+
+def _overrides_note(m: nn.Module) -> str:
+    """``"; it overrides neuronal_charge of LIFNode"``: why a subclass of a supported neuron is not taken as it."""
+    cls = type(m)
+    for base in _LOWERABLE:
+        if issubclass(cls, base):
+            names = sorted({k for c in cls.__mro__[:cls.__mro__.index(base)] for k in vars(c)} - _NOT_DYNAMICS)
+            return f"; it overrides {', '.join(names)} of {base.__name__}, which may change its dynamics"
+    return ""
 
 
 class SpikingJellyAdapter(FrameworkAdapter):
@@ -209,8 +240,9 @@ class SpikingJellyAdapter(FrameworkAdapter):
     def ternary_problem(self, m: nn.Module) -> str | None:
         if self.is_ternary(m):
             return None
-        if type(m) not in _TERNARY_OF:
-            return f"{type(m).__name__} has no ternary counterpart (IFNode, LIFNode, ParametricLIFNode have)"
+        if dynamics_class(m) not in _TERNARY_OF:
+            return (f"{type(m).__name__} has no ternary counterpart (IFNode, LIFNode, ParametricLIFNode have"
+                    f"{_overrides_note(m)})")
         v_th, v_reset = m.v_threshold, m.v_reset
         if v_reset is not None and not -v_th < v_reset < v_th:
             return f"v_reset={v_reset} lies outside (-v_threshold, v_threshold), which a ternary neuron needs"
@@ -224,7 +256,7 @@ class SpikingJellyAdapter(FrameworkAdapter):
         """
         if self.is_ternary(m):
             return m
-        cls = _TERNARY_OF.get(type(m))
+        cls = _TERNARY_OF.get(dynamics_class(m))
         if cls is None:
             raise ValueError(f"{type(m).__name__} has no ternary counterpart "
                              f"(supported: {', '.join(t.__name__ for t in _TERNARY_OF)})")
@@ -272,7 +304,7 @@ class SpikingJellyAdapter(FrameworkAdapter):
         if self.is_ternary(m):
             raise Refusal("it emits ternary spikes {-1, 0, 1}; NIR neurons emit {0, 1}",
                           f"Train binary spikes (spike='real') for neuromorphic targets, or use ONNX ({_ONNX_REMEDY})")
-        if type(m) not in _NIR_NEURONS:
+        if dynamics_class(m) not in _NIR_NEURONS:
             raise Refusal("it has no NIR neuron model (supported: IFNode, LIFNode, ParametricLIFNode)",
                           f"Use IF/LIF/PLIF neurons, or ONNX ({_ONNX_REMEDY})")
         if m.v_reset is None:
@@ -312,9 +344,9 @@ class SpikingJellyAdapter(FrameworkAdapter):
 
 def unsupported_neuron_reason(m: nn.Module) -> str | None:
     """Why neuron ``m`` has no export lowering (``None`` if `lower_neuron` takes it)."""
-    if type(m) not in _LOWERABLE:
+    if dynamics_class(m) not in _LOWERABLE:
         return (f"{type(m).__name__} has no compact lowering (lowered: "
-                f"{', '.join(c.__name__ for c in _LOWERABLE)})")
+                f"{', '.join(c.__name__ for c in _LOWERABLE)}{_overrides_note(m)})")
     if getattr(m.surrogate_function, "spiking", True) is False:
         return "its surrogate runs with spiking=False, so it emits analog values"
     if getattr(m, "_neuron_precision", None) is not None:
@@ -330,7 +362,7 @@ def lower_neuron(m: nn.Module, time_steps: int | None = None) -> LoweredNeuron:
 
     Args:
         m: an ``IFNode``, ``LIFNode``, ``ParametricLIFNode``, ``TernaryIFNode``,
-            ``TernaryLIFNode`` or `TernaryParametricLIFNode` (exact types: subclasses
+            ``TernaryLIFNode`` or `TernaryParametricLIFNode` (or a subclass defining only a constructor; others
             may change the dynamics).
         time_steps: see `LoweredNeuron`.
 
