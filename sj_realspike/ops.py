@@ -24,7 +24,7 @@ class OpKind(enum.Enum):
     NEURON = "neuron"  # a membrane: scaled spikes arriving here need a synapse of weight a
     CONV = "conv"
     LINEAR = "linear"
-    RESHAPE = "reshape"  # flatten / view / reshape: linear, moves features around
+    RESHAPE = "reshape"  # flatten / view / reshape / (un)squeeze: linear, moves features around
     AVGPOOL = "avgpool"  # linear, channel-preserving
     MAXPOOL = "maxpool"  # commutes with non-negative per-channel scaling only
     IDENTITY = "identity"  # dropout (identity at inference), nn.Identity
@@ -43,8 +43,8 @@ class OpKind(enum.Enum):
     OTHER = "other"
 
 
-_RESHAPE_FUNCS = {torch.flatten, torch.reshape, torch.unflatten}
-_RESHAPE_METHODS = {"flatten", "view", "reshape", "unflatten"}
+_RESHAPE_FUNCS = {torch.flatten, torch.reshape, torch.unflatten, torch.squeeze, torch.unsqueeze}
+_RESHAPE_METHODS = {"flatten", "view", "reshape", "unflatten", "squeeze", "unsqueeze"}
 _PERMUTE_FUNCS = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims}
 _PERMUTE_METHODS = {"permute", "transpose", "swapaxes", "swapdims"}
 _MEAN_FUNCS = {torch.mean, torch.sum}

@@ -13,6 +13,7 @@ import re
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import wild
 from spikingjelly.activation_based import functional, layer, neuron
 
@@ -367,3 +368,36 @@ def test_a_neuron_subclass_that_only_sets_defaults_is_its_base_for_ternary_and_e
     reasons = {s.reason for s in rs.conversion_report(changed).skipped}
     assert reasons == {"_ChargeLIF has no ternary counterpart (IFNode, LIFNode, ParametricLIFNode have; it "
                        "overrides neuronal_charge of LIFNode, which may change its dynamics)"}
+
+
+class _Unsqueezed(nn.Module):
+    """(Un)squeeze around the layers: spikes given a channel dim for a Conv1d, and TCJA's VotingLayer
+    (``avg_pool1d(x.unsqueeze(1)).squeeze(1)``) on the time-averaged output spikes."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.n1 = layer.Linear(4, 8), neuron.IFNode()
+        self.conv, self.n2 = layer.Conv1d(1, 2, 3, padding=1), neuron.IFNode()
+        self.fc2, self.n3 = layer.Linear(16, 2), neuron.IFNode()
+
+    def forward(self, x):
+        s = self.n1(self.fc1(x)).unsqueeze(2)
+        y = self.n2(self.conv(s)).flatten(2)
+        return F.avg_pool1d(self.n3(self.fc2(y)).mean(0).unsqueeze(1), 2).squeeze(1)
+
+
+def test_squeeze_and_unsqueeze_move_amplitudes_like_a_reshape(tmp_path):
+    # They were "not linear in the spikes": n1 was skipped, and n3 for that instead of for its real reason.
+    torch.manual_seed(0)
+    net = _Unsqueezed()
+    functional.set_step_mode(net, "m")
+    x = torch.rand(2, 3, 4) * 4
+    model = rs.convert_model(net, x, granularity="layer")
+    report = rs.conversion_report(model)
+    assert _converted(report) == {"n1", "n2"}
+    assert [(s.module, s.reason) for s in report.skipped] == [
+        ("n3", "spikes reach the network output without passing a synapse, so there is no weight to fold the "
+               "amplitude into at node 'output'")]
+    _fold_exact(model, x)
+    rs.export_onnx(rs.fold(model), tmp_path / "m.onnx", x)
+    assert rs.verify(model, tmp_path / "m.onnx", x).bit_identical
