@@ -229,13 +229,14 @@ def static_violations(model: onnx.ModelProto, spikes: list[SpikeTensor] | None =
     violations: list[Violation] = []
     for s in spikes:
         i = producer.get(s.value)
+        start = None
         if i is not None and nodes[i].op_type in _SCALING_OPS and set(nodes[i].input) & constants:
             # The neuron's output itself is scaled by a constant: an amplitude attributed to the neuron module.
-            violations.append(Violation(s.neuron, nodes[i].name, nodes[i].op_type, scopes[i].path, scopes[i].cls))
-            continue
+            start = Violation(s.neuron, nodes[i].name, nodes[i].op_type, scopes[i].path, scopes[i].cls)
         # A scaling op is a violation only if its result goes on into a synapse or a membrane:
-        # the model's own read-out arithmetic on its way to the output (a rate `/ T`) is not an amplitude.
-        frontier: list[tuple[str, Violation | None]] = [(s.value, None)]
+        # the model's own read-out arithmetic on its way to the output (a rate `/ T`, an output neuron's
+        # graded spikes) is not an amplitude.
+        frontier: list[tuple[str, Violation | None]] = [(s.value, start)]
         seen: set[tuple[int, Violation | None]] = set()
         while frontier:
             value, pending = frontier.pop()

@@ -433,3 +433,34 @@ def test_what_nir_cannot_carry_is_refused_naming_the_node(tmp_path, build, conve
     with pytest.raises(rs.UnsupportedPatternError, match=match):
         rs.export_nir(rs.fold(model), path, x[0])
     assert not path.exists()
+
+
+class _GradedReadout(nn.Module):
+    """A time loop whose output neuron sends graded spikes (``graded_spikes_factor=0.25``) to the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.lif1 = nn.Linear(8, 16), snn.Leaky(beta=0.5)
+        self.fc2, self.lif2 = nn.Linear(16, 4), snn.Leaky(beta=0.5, graded_spikes_factor=0.25)
+
+    def forward(self, x):
+        mem1, mem2, out = self.lif1.init_leaky(), self.lif2.init_leaky(), []
+        for t in range(x.shape[0]):
+            spk1, mem1 = self.lif1(self.fc1(x[t]), mem1)
+            spk2, mem2 = self.lif2(self.fc2(spk1), mem2)
+            out.append(spk2)
+        return torch.stack(out)
+
+
+def test_an_output_neurons_graded_spikes_are_its_read_out_not_an_unfolded_amplitude(tmp_path):
+    # The factor scales what the network returns, not spikes sent to a synapse: verify FAILed it as "an
+    # amplitude that was not folded". Scaled spikes into a synapse still are one (test_verify, test_export).
+    torch.manual_seed(0)
+    x = torch.rand(4, 2, 8) * 4
+    model = rs.convert_model(_GradedReadout(), x)
+    report = rs.conversion_report(model)
+    assert [c.module for c in report.converted] == ["lif1"] and [s.module for s in report.skipped] == ["lif2"]
+    make_dyadic(model, x)
+    rs.export_onnx(rs.fold(model), tmp_path / "m.onnx", x)
+    result = rs.verify(model, tmp_path / "m.onnx", x)
+    assert result.violations == [] and result.bit_identical, str(result)
