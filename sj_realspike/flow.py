@@ -37,7 +37,7 @@ from .amplitude import Amplitude
 from .capture import OPAQUE_KEY
 from .errors import UnsupportedPatternError
 from .frameworks import batch_dims, neuron_adapter
-from .ops import OpKind, classify, describe, permutation, reduction, scalar_factor
+from .ops import OpKind, classify, computed_weight, describe, permutation, reduction, scalar_factor
 from .scales import compact, full_rank, matmul_scale, permute_scale, reduce_scale, slice_scale, varies_only_along_last
 from .synapses import DiagonalSynapse, UnsharedConv2d
 from .weights import (
@@ -205,6 +205,8 @@ class _Walker:
         opaque = self.gm.meta.get(OPAQUE_KEY, {})
         if node.op == "call_module" and node.target in opaque:
             return f"{what} was kept whole ({opaque[node.target]}), so nothing can be folded through it"
+        if node.op == "call_module" and (computed := computed_weight(self.modules[node.target])) is not None:
+            return f"{what} {computed}, so scaling its weight would not scale its input"
         return f"{what} consumes scaled spikes but is not linear in them (or not supported)"
 
     def _block(self, node: fx.Node, carried: list[fx.Node], reason: str, remedy: str) -> None:

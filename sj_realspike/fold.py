@@ -16,7 +16,7 @@ from .errors import NotConvertedWarning, UnsupportedPatternError
 from .flow import follow_amplitudes
 from .frameworks import invalidate, reset, step_mode
 from .neurons import is_neuron, is_ternary
-from .ops import OpKind, classify, scalar_factor
+from .ops import OpKind, classify, computed_weight, scalar_factor
 from .recurrent import fold_internal_synapses
 from .report import FoldReport, record_of, set_record
 from .spiking import AMPLITUDE_ATTR, AmplitudeNeuron, detach_amplitude
@@ -266,8 +266,9 @@ def fuse_batchnorm(gm: fx.GraphModule, dtype: torch.dtype | None = None) -> list
                 and calls[syn_node.target] == 1 and calls[bn_node.target] == 1):
             continue
         syn, bn = modules[syn_node.target], modules[bn_node.target]
-        if not isinstance(syn, (*_CONV_TYPES, nn.Linear)) or bn.running_mean is None:
-            continue
+        if not isinstance(syn, (*_CONV_TYPES, nn.Linear)) or computed_weight(syn) is not None \
+                or bn.running_mean is None:
+            continue  # (a weight computed in forward, e.g. standardized, would undo the fused one)
         if not _normalizes_output_features(syn, bn, syn_node):
             continue
         new = copy.deepcopy(syn)

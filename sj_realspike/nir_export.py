@@ -54,7 +54,7 @@ from .export import as_deploy_model
 from .lowering import step_mode_of
 from .frameworks import Refusal, adapter_for, adapters, identity_types, neuron_adapter, step_output
 from .neurons import is_neuron
-from .ops import describe
+from .ops import computed_weight, describe
 from .report import record_of
 from .synapses import DiagonalSynapse, UnsharedConv2d
 from .tracing import propagate_shapes
@@ -361,6 +361,9 @@ class _GraphBuilder:
         source = self._input(node)
         if is_neuron(m) or self._returns_state(node):
             nir_node = self._neuron(node, m, what, source)
+        elif isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and (computed := computed_weight(m)) is not None:
+            self._refuse(node, f"{what} {computed}: a NIR layer holds the weight it applies",
+                         "Use a plain Conv2d/Linear (or export to ONNX, which runs the layer's own forward)")
         elif isinstance(m, nn.Linear):
             if len(self._features(source)) != 1:
                 self._refuse(node, f"{what} acts on the last dim of features {self._features(source)}; "

@@ -13,10 +13,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .amplitude import Amplitude
-from .frameworks import identity_types
+from .frameworks import identity_types, layer_wrappers
 from .neurons import is_neuron
 
-__all__ = ["OpKind", "classify", "describe", "permutation", "reduction", "scalar_factor"]
+__all__ = ["OpKind", "classify", "computed_weight", "describe", "permutation", "reduction", "scalar_factor"]
 
 
 class OpKind(enum.Enum):
@@ -62,6 +62,34 @@ _DIV_FUNCS = {operator.truediv, operator.itruediv, torch.div}
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 
 
+# What a subclass of a conv/linear may define and still apply its ``weight`` as torch's class does.
+_CONSTRUCTION = {"__init__", "__module__", "__qualname__", "__doc__", "__annotations__", "__dict__", "__weakref__",
+                 "extra_repr", "__firstlineno__", "__static_attributes__"}
+_SYNAPSE_BASES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def computed_weight(m: nn.Module) -> str | None:
+    """Why conv/linear ``m`` may not apply its ``weight`` parameter as it is (``None``: it does).
+
+    torch's Conv1d/Conv2d/Linear, the frameworks' step-mode wrappers of them and subclasses that define
+    only a constructor apply ``weight``; a subclass with its own ``forward`` or weight method
+    (SpikingJelly's ``WSConv2d`` standardizes its weight in forward) or a module with forward hooks
+    (``torch.nn.utils.weight_norm``) computes what it applies, so scaling ``weight`` would not scale it.
+    """
+    if m._forward_pre_hooks or m._forward_hooks or getattr(m, "parametrizations", None):
+        return "computes the weight it applies (forward hooks or parametrizations, e.g. weight_norm)"
+    cls = type(m)
+    base = next((b for b in _SYNAPSE_BASES if isinstance(m, b)), None)
+    if base is None:
+        return None
+    wrappers = layer_wrappers()
+    own = sorted({k for c in cls.__mro__[:cls.__mro__.index(base)] if c not in wrappers for k in vars(c)}
+                 - _CONSTRUCTION)
+    if own:
+        return f"computes the weight it applies in its own {', '.join(own)} (not {base.__name__}'s)"
+    return None
+
+
 def classify(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
     """The role of ``node`` when one of its inputs carries scaled spikes."""
     if node.op == "output":
@@ -72,9 +100,9 @@ def classify(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
             return OpKind.AMPLITUDE
         if is_neuron(m):
             return OpKind.NEURON
-        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)) and computed_weight(m) is None:
             return OpKind.CONV
-        if isinstance(m, nn.Linear):
+        if isinstance(m, nn.Linear) and computed_weight(m) is None:
             return OpKind.LINEAR
         if isinstance(m, nn.Flatten):
             return OpKind.RESHAPE

@@ -401,3 +401,35 @@ def test_squeeze_and_unsqueeze_move_amplitudes_like_a_reshape(tmp_path):
     _fold_exact(model, x)
     rs.export_onnx(rs.fold(model), tmp_path / "m.onnx", x)
     assert rs.verify(model, tmp_path / "m.onnx", x).bit_identical
+
+
+def _weight_standardized_net() -> nn.Module:
+    """conv → IF → WSConv2d (weight standardization, as in OTTT's and NF-ResNet-style SNNs) → BN → IF → Linear."""
+    torch.manual_seed(0)
+    net = nn.Sequential(layer.Conv2d(3, 4, 3, padding=1), neuron.IFNode(), layer.WSConv2d(4, 4, 3, padding=1),
+                        layer.BatchNorm2d(4), neuron.IFNode(), layer.Flatten(), layer.Linear(4 * 8 * 8, 2))
+    functional.set_step_mode(net, "m")
+    with torch.no_grad():
+        net[3].running_mean.uniform_(-1, 1)
+        net[3].running_var.uniform_(0.5, 2)
+    return net.eval()
+
+
+def test_a_conv_that_computes_its_weight_in_forward_is_not_scaled_or_fused():
+    # WSConv2d applies standardize(weight): fold scaled `weight` (and fused the BN after it into `weight`),
+    # and the standardization undid both. Silently wrong by up to 0.29 on this net.
+    x = torch.rand(2, 2, 3, 8, 8) * 4
+    net = _weight_standardized_net()
+    vanilla = rs.fold(net, example_input=x)
+    assert torch.equal(run(vanilla, x), run(net, x)) and rs.fold_report(vanilla).fused_batchnorms == []
+
+    model = rs.convert_model(_weight_standardized_net(), x, granularity="channel")
+    report = rs.conversion_report(model)
+    assert _converted(report) == {"4"}
+    assert [(s.module, s.reason) for s in report.skipped] == [
+        ("1", "'_2' (WSConv2d) computes the weight it applies in its own _forward, forward, get_weight (not "
+              "Conv2d's), so scaling its weight would not scale its input")]
+    with torch.no_grad():
+        for a in rs.amplitude_parameters(model):
+            a.uniform_(0.5, 1.5)
+    assert torch.equal(run(rs.fold(model), x), run(model, x))

@@ -38,6 +38,7 @@ __all__ = [
     "is_neuron",
     "is_spiking_module",
     "is_ternary",
+    "layer_wrappers",
     "neuron_adapter",
     "neuron_types",
     "register",
@@ -146,6 +147,11 @@ def ternary_types() -> tuple[type, ...]:
 def identity_types() -> tuple[type, ...]:
     """Every framework's modules that are the identity at inference (dropout)."""
     return tuple(t for a in adapters() for t in a.identity_types())
+
+
+def layer_wrappers() -> tuple[type, ...]:
+    """Every framework's step-mode subclasses of torch's Conv1d/Conv2d/Linear (`FrameworkAdapter.layer_wrappers`)."""
+    return tuple(t for a in adapters() for t in a.layer_wrappers())
 
 
 def synapse_types() -> tuple[type, ...]:

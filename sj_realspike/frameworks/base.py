@@ -78,6 +78,11 @@ class FrameworkAdapter:
         """The framework's modules where spikes arrive and are integrated, other than conv/linear (filters)."""
         return ()
 
+    def layer_wrappers(self) -> tuple[type, ...]:
+        """The framework's subclasses of torch's Conv1d/Conv2d/Linear whose ``forward`` only adds its step
+        modes around torch's (their weight is applied as it is, so fold may scale it)."""
+        return ()
+
     def owns(self, m: nn.Module) -> bool:
         """Whether ``m`` is one of this framework's stateful or spiking modules (mixing is judged on these)."""
         return False

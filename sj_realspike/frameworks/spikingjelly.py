@@ -177,6 +177,10 @@ class SpikingJellyAdapter(FrameworkAdapter):
         # SynapseFilter's decay multiplies what it integrates, not an amplitude; amplitudes never pass it.
         return (layer.SynapseFilter,)
 
+    def layer_wrappers(self) -> tuple[type, ...]:
+        # Not WSConv2d/WSLinear: they standardize their weight in forward.
+        return (layer.Conv1d, layer.Conv2d, layer.Linear)
+
     def owns(self, m: nn.Module) -> bool:
         # Every stateful module (user subclasses too) and SpikingJelly's own step modules; not
         # sj_realspike's step modules (amplitudes, fold-made synapses), which any framework may hold.
