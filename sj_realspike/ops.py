@@ -73,11 +73,13 @@ def computed_weight(m: nn.Module) -> str | None:
 
     torch's Conv1d/Conv2d/Linear, the frameworks' step-mode wrappers of them and subclasses that define
     only a constructor apply ``weight``; a subclass with its own ``forward`` or weight method
-    (SpikingJelly's ``WSConv2d`` standardizes its weight in forward) or a module with forward hooks
-    (``torch.nn.utils.weight_norm``) computes what it applies, so scaling ``weight`` would not scale it.
+    (SpikingJelly's ``WSConv2d`` standardizes its weight in forward) or a module with forward pre-hooks
+    (``torch.nn.utils.weight_norm``, ``prune``: they rewrite ``weight`` before each call) or
+    parametrizations computes what it applies, so scaling ``weight`` would not scale it. (Hooks after
+    the call, such as monitors, see the output only.)
     """
-    if m._forward_pre_hooks or m._forward_hooks or getattr(m, "parametrizations", None):
-        return "computes the weight it applies (forward hooks or parametrizations, e.g. weight_norm)"
+    if m._forward_pre_hooks or getattr(m, "parametrizations", None):
+        return "computes the weight it applies (forward pre-hooks or parametrizations: weight_norm, prune)"
     cls = type(m)
     base = next((b for b in _SYNAPSE_BASES if isinstance(m, b)), None)
     if base is None:

@@ -433,3 +433,22 @@ def test_a_conv_that_computes_its_weight_in_forward_is_not_scaled_or_fused():
         for a in rs.amplitude_parameters(model):
             a.uniform_(0.5, 1.5)
     assert torch.equal(run(rs.fold(model), x), run(model, x))
+
+
+def test_a_pruned_conv_is_not_scaled_and_a_monitored_one_is():
+    # torch.nn.utils.prune recomputes weight = weight_orig * mask in a forward pre-hook, which would undo a
+    # scaled weight; a forward hook after the call (a monitor) sees the output only.
+    import torch.nn.utils.prune as prune
+
+    x = torch.rand(2, 2, 3, 8, 8) * 4
+    pruned = _subclassed_net(neuron.IFNode)
+    prune.l1_unstructured(pruned[2], "weight", amount=0.5)
+    report = rs.conversion_report(rs.convert_model(pruned, x, granularity="channel"))
+    assert _converted(report) == {"3"} and "forward pre-hooks or parametrizations" in report.skipped[0].reason
+
+    monitored = _subclassed_net(neuron.IFNode)
+    seen = []
+    monitored[2].register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    model = rs.convert_model(monitored, x, granularity="channel")
+    assert _converted(rs.conversion_report(model)) == {"1", "3"} and seen
+    _fold_exact(model, x)
