@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .amplitude import Amplitude
-from .frameworks import identity_types, layer_wrappers
+from .frameworks import defined_beyond, identity_types, layer_wrappers
 from .neurons import is_neuron
 
 __all__ = ["OpKind", "classify", "computed_weight", "describe", "permutation", "reduction", "scalar_factor"]
@@ -62,9 +62,6 @@ _DIV_FUNCS = {operator.truediv, operator.itruediv, torch.div}
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 
 
-# What a subclass of a conv/linear may define and still apply its ``weight`` as torch's class does.
-_CONSTRUCTION = {"__init__", "__module__", "__qualname__", "__doc__", "__annotations__", "__dict__", "__weakref__",
-                 "extra_repr", "__firstlineno__", "__static_attributes__"}
 _SYNAPSE_BASES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -80,14 +77,10 @@ def computed_weight(m: nn.Module) -> str | None:
     """
     if m._forward_pre_hooks or getattr(m, "parametrizations", None):
         return "computes the weight it applies (forward pre-hooks or parametrizations: weight_norm, prune)"
-    cls = type(m)
     base = next((b for b in _SYNAPSE_BASES if isinstance(m, b)), None)
     if base is None:
         return None
-    wrappers = layer_wrappers()
-    own = sorted({k for c in cls.__mro__[:cls.__mro__.index(base)] if c not in wrappers for k in vars(c)}
-                 - _CONSTRUCTION)
-    if own:
+    if own := defined_beyond(type(m), base, layer_wrappers()):
         return f"computes the weight it applies in its own {', '.join(own)} (not {base.__name__}'s)"
     return None
 

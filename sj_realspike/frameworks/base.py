@@ -318,6 +318,18 @@ class Refusal(ValueError):
         self.reason, self.remedy = reason, remedy
 
 
+# What a subclass may define and still behave as its base: construction (its defaults), not computation.
+_CONSTRUCTION = frozenset({"__init__", "__module__", "__qualname__", "__doc__", "__annotations__", "__dict__",
+                           "__weakref__", "extra_repr", "__firstlineno__", "__static_attributes__"})
+
+
+def defined_beyond(cls: type, base: type, skip: tuple[type, ...] = ()) -> list[str]:
+    """What the classes from ``cls`` up to ``base`` (exclusive; not those in ``skip``) define beyond a
+    constructor, sorted: empty when ``cls`` computes what ``base`` does (a subclass setting defaults)."""
+    mro = cls.__mro__
+    return sorted({k for c in mro[:mro.index(base)] if c not in skip for k in vars(c)} - _CONSTRUCTION)
+
+
 _REGISTRY: list[FrameworkAdapter] = []
 _LOADED = False
 

@@ -24,7 +24,7 @@ import torch.nn as nn
 from spikingjelly.activation_based import base, functional, layer, neuron, surrogate
 
 from ..lowered import LoweredBinaryNeuron, LoweredNeuron, LoweredTernaryNeuron
-from .base import FrameworkAdapter, Refusal, register
+from .base import FrameworkAdapter, Refusal, defined_beyond, register
 
 __all__ = ["SpikingJellyAdapter", "TernaryParametricLIFNode", "lower_neuron", "unsupported_neuron_reason"]
 
@@ -121,10 +121,6 @@ _LOWERED_BINARY = (neuron.IFNode, neuron.LIFNode, neuron.ParametricLIFNode)
 _LOWERED_TERNARY = (neuron.TernaryIFNode, neuron.TernaryLIFNode, TernaryParametricLIFNode)
 _LOWERABLE = _LOWERED_BINARY + _LOWERED_TERNARY
 _ONNX_REMEDY = "export_onnx supports this model as it is"
-# What a subclass may define and still run its base's equations (SpikingResformer's `class LIF(LIFNode)`
-# only sets constructor defaults).
-_NOT_DYNAMICS = {"__init__", "__module__", "__qualname__", "__doc__", "__annotations__", "__dict__",
-                 "__weakref__", "extra_repr", "__firstlineno__", "__static_attributes__"}
 
 
 def dynamics_class(m: nn.Module) -> type:
@@ -137,9 +133,8 @@ def dynamics_class(m: nn.Module) -> type:
     cls = type(m)
     if cls in _LOWERABLE:
         return cls
-    for base in _LOWERABLE:
-        if issubclass(cls, base) and all(set(vars(c)) <= _NOT_DYNAMICS
-                                         for c in cls.__mro__[:cls.__mro__.index(base)]):
+    for base in _LOWERABLE:  # SpikingResformer's `class LIF(LIFNode)` only sets constructor defaults
+        if issubclass(cls, base) and not defined_beyond(cls, base):
             return base
     return cls
 
@@ -149,8 +144,8 @@ def _overrides_note(m: nn.Module) -> str:
     cls = type(m)
     for base in _LOWERABLE:
         if issubclass(cls, base):
-            names = sorted({k for c in cls.__mro__[:cls.__mro__.index(base)] for k in vars(c)} - _NOT_DYNAMICS)
-            return f"; it overrides {', '.join(names)} of {base.__name__}, which may change its dynamics"
+            return (f"; it overrides {', '.join(defined_beyond(cls, base))} of {base.__name__}, which may change "
+                    "its dynamics")
     return ""
 
 
