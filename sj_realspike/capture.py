@@ -184,7 +184,8 @@ class ConcreteTracer(fx.Tracer):
         p = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         if kind == "output":
             return p
-        value = self._evaluate(p.node, kind, target, args, kwargs)
+        # create_node has recorded a get_attr node's value already
+        value = p.node.meta[CONCRETE] if kind == "get_attr" else self._evaluate(p.node, kind, target, args, kwargs)
         if _is_shape_query(kind, target, args) or (
                 kind in ("call_function", "call_method") and p.node.all_input_nodes
                 and all(n.name in self.shape_nodes for n in p.node.all_input_nodes)):
