@@ -12,6 +12,9 @@ One run, every variant interleaved (round robin, medians), CPU, 2 threads by def
   of the same deploy model, so no reshapes between layers), in onnxruntime.
 * ``relu-<variant>``: the exported deploy graph itself with ReLU instead of each lowered neuron:
   the difference to ``ort-<variant>`` is what the neurons cost.
+* ``floor-<variant>``: the limit with a stateless threshold ``[x ≥ θ]`` instead of each ReLU
+  (`_reference`): ``floor / limit`` is what spikes themselves cost in onnxruntime, before any
+  neuron dynamics.
 
 Variants: ``vanilla`` (the network folded as is: BN fused, binary IF), ``real-channel``
 (Real Spike with channel amplitudes, folded; a SEW conv reading a sum of k spike trains
@@ -45,9 +48,10 @@ from spikingjelly.activation_based import functional, neuron
 from spikingjelly.activation_based.model import sew_resnet, spiking_resnet
 
 import sj_realspike as rs
+from _reference import Relu, Threshold, export_plain, replace_neurons
 from _timing import interleaved_ms
 from sj_realspike.errors import NotConvertedWarning
-from sj_realspike.lowered import LoweredNeuron, LoweredUnsharedConv2d
+from sj_realspike.lowered import LoweredUnsharedConv2d
 from sj_realspike.report import format_table
 
 ARCHS = {
@@ -71,31 +75,6 @@ def _calibrate(net: nn.Module, x: torch.Tensor) -> None:
         net(x)
     functional.reset_net(net)
     net.eval()
-
-
-class _Relu(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x)
-
-
-def _with_relu(deploy: fx.GraphModule, x: torch.Tensor) -> fx.GraphModule:
-    """The lowered deploy graph with every neuron replaced by ReLU."""
-    gm = rs.lower_for_export(deploy, x)
-    for name, m in list(gm.named_modules()):
-        if isinstance(m, LoweredNeuron):
-            parent, _, attr = name.rpartition(".")
-            setattr(gm.get_submodule(parent) if parent else gm, attr, _Relu())
-    return gm
-
-
-def _export_plain(model: nn.Module, x: torch.Tensor, path: Path) -> Path:
-    functional.reset_net(model)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), path, dynamo=True, verbose=False, input_names=["x"],
-                          dynamic_shapes=({1: torch.export.Dim("batch", min=1)},))
-    functional.reset_net(model)
-    return path
 
 
 def _sj_runner(net: nn.Module) -> Callable[[torch.Tensor], object]:
@@ -190,15 +169,17 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpdir)
         variants = ("vanilla", "real-channel", "ternary-layer")
         runners: dict[str, Callable] = {f"sj-{tag}": _sj_runner(trained[tag]) for tag in variants}
-        runners["ort-plain"] = rs.OnnxRunner(_export_plain(copy.deepcopy(net), example, tmp / "plain.onnx"),
+        runners["ort-plain"] = rs.OnnxRunner(export_plain(copy.deepcopy(net), example, tmp / "plain.onnx"),
                                              threads=args.threads)
         for tag in variants:
             path = rs.export_onnx(deploys[tag], tmp / f"{tag}.onnx", example)
             runners[f"ort-{tag}"] = rs.OnnxRunner(path, threads=args.threads)
-            for kind, model in (("limit", single_step[tag]), ("relu", deploys[tag])):
-                relu = _with_relu(model, example)
+            for kind, model, make in (("limit", single_step[tag], lambda m: Relu()),
+                                      ("relu", deploys[tag], lambda m: Relu()),
+                                      ("floor", single_step[tag], Threshold)):
+                graph = replace_neurons(model, example, make)
                 runners[f"{kind}-{tag}"] = rs.OnnxRunner(
-                    _export_plain(relu, example, tmp / f"{kind}-{tag}.onnx"), threads=args.threads)
+                    export_plain(graph, example, tmp / f"{kind}-{tag}.onnx"), threads=args.threads)
         for n in args.batch:
             x = torch.rand(T, n, 3, args.size, args.size)
             inputs = {name: x if name.startswith("sj-") else x.numpy() for name in runners}
@@ -210,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             for tag in variants:
                 rows += [
                     [f"{tag}: folded SNN in ORT / limit (target <= 1.15x)", f"{ms[f'ort-{tag}'] / ms[f'limit-{tag}']:.2f}x"],
+                    [f"{tag}: floor (one threshold per neuron) / limit", f"{ms[f'floor-{tag}'] / ms[f'limit-{tag}']:.2f}x"],
+                    [f"{tag}: folded SNN in ORT / floor", f"{ms[f'ort-{tag}'] / ms[f'floor-{tag}']:.2f}x"],
                     [f"{tag}: folded SNN in ORT / same graph with ReLU", f"{ms[f'ort-{tag}'] / ms[f'relu-{tag}']:.2f}x"],
                     [f"{tag}: SpikingJelly eager / folded SNN in ORT", f"{ms[f'sj-{tag}'] / ms[f'ort-{tag}']:.2f}x"],
                     [f"{tag}: SpikingJelly eager / limit (the bound)", f"{ms[f'sj-{tag}'] / ms[f'limit-{tag}']:.2f}x"],

@@ -7,6 +7,11 @@ sew_resnet18 (vanilla: BN fused, binary IF; and real-channel), 32×32:
 * ``stream``: ``export_onnx(..., stream=True)``; `OnnxRunner` runs the ``T`` steps one by one,
   feeding each step's membranes to the next (what ``runner(x)`` does for a stream graph).
 * ``stream step``: one `OnnxRunner.step` (the latency of one frame of a live stream).
+* ``ANN at once`` / ``ANN step by step``: the vanilla deploy model's convolutions as a plain
+  ANN with ReLU instead of each neuron (`_reference`, the inference bench's limit), run on the
+  ``T·N`` frames of a sequence in one call, and on its ``T`` steps of ``N`` frames one call
+  each: no neurons and no state, so their ratio is what onnxruntime charges for running the
+  convolutions a step at a time, the least a stream graph pays over the unrolled one.
 
 The network is put on the dyadic grid with calibrated firing (`sj_realspike.testing.make_dyadic`):
 it spikes, and the largest output difference printed first must be 0.
@@ -18,6 +23,7 @@ it spikes, and the largest output difference printed first must be 0.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import tempfile
@@ -32,6 +38,7 @@ from spikingjelly.activation_based import functional, neuron
 from spikingjelly.activation_based.model import sew_resnet
 
 import sj_realspike as rs
+from _reference import export_plain, replace_neurons
 from _timing import interleaved_ms
 from sj_realspike.fold import NotConvertedWarning
 from sj_realspike.report import format_table
@@ -60,9 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     make_dyadic(net, example)  # the neurons fire, and every fp32 op is exact: both graphs must agree bit for bit
     real = rs.convert_model(net, example, spike="real", granularity="channel")
     randomize_amplitudes(real)
+    net_s = copy.deepcopy(net)
+    functional.set_step_mode(net_s, "s")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotConvertedWarning)  # the vanilla network folds as is, on purpose
         deploys = {"vanilla": rs.fold(net, example_input=example), "real-channel": rs.fold(real)}
+        ann = replace_neurons(rs.fold(net_s, example_input=example[0]), example[:1])  # input [1, N, ...]
 
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -72,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                                                        threads=args.threads)
             runners[f"{tag} stream"] = rs.OnnxRunner(
                 rs.export_onnx(deploy, tmp / f"{tag}-s.onnx", example, stream=True), threads=args.threads)
+        ann_runner = rs.OnnxRunner(export_plain(ann, example[:1], tmp / "ann.onnx"), threads=args.threads)
         for n in args.batch:
             x = dyadic_input((T, n, 3, args.size, args.size), seed=n).numpy()
             for tag in deploys:
@@ -85,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                 calls[f"{tag} stream"] = lambda r=stream: r(x)
                 stream.reset()
                 calls[f"{tag} stream step"] = lambda r=stream: r.step(x[0])
+            frames = x.reshape(1, T * n, *x.shape[2:])
+            calls["ANN at once"] = lambda: ann_runner(frames)
+            calls["ANN step by step"] = lambda: [ann_runner(x[t:t + 1]) for t in range(T)]
             repeats = args.repeats if n > 1 else args.repeats * 3
             ms = interleaved_ms(calls, repeats)
             print(f"\nN={n}: median ms (interleaved, {repeats} rounds); a sequence is [T={T}, N={n}, ...]")
@@ -95,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{ms[f'{tag} stream'] / ms[f'{tag} unrolled']:.2f}x"],
                          [f"{tag}: one stream step / (unrolled sequence / T)",
                           f"{ms[f'{tag} stream step'] / (ms[f'{tag} unrolled'] / T):.2f}x"]]
+            rows.append(["ANN (no neurons): step by step / at once (the least a stream pays)",
+                         f"{ms['ANN step by step'] / ms['ANN at once']:.2f}x"])
             print(format_table(["ratio", "value"], rows))
     return 0
 
