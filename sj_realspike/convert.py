@@ -169,7 +169,7 @@ def _plan(result: CaptureResult, config: SpikeConfig, default: SpikeSpec, device
     report.total = len(calls)
     report.calls = {t: len(nodes) for t, nodes in calls.items() if len(nodes) > 1}
     # From here on, each call is the node holding its spikes (a (spk, mem) call: its spike item).
-    calls = {t: spike_nodes(nodes, modules[t]) for t, nodes in calls.items()}
+    called, calls = calls, {t: spike_nodes(nodes, modules[t]) for t, nodes in calls.items()}
 
     selected: list[_Selected] = []
     for target, nodes in calls.items():
@@ -179,7 +179,7 @@ def _plan(result: CaptureResult, config: SpikeConfig, default: SpikeSpec, device
             report.untouched.append(target)
             continue
         reason = _output_problem(module, result.samples.get(target)) or _unsupported_neuron(module, spec) \
-            or ("its spikes are never used (only its state is)" if not nodes else None) \
+            or (_unused(called[target]) if not nodes else None) \
             or _shape_problem(nodes, module)
         if reason is not None:
             _skip_or_raise(report, target, module, rule, reason)
@@ -437,7 +437,8 @@ def spike_nodes(nodes: list[fx.Node], module: nn.Module) -> list[fx.Node]:
         # A tuple of TensorMetadata (itself a NamedTuple): the call returned a tuple.
         index = neuron_adapter(module).spike_index(module, meta) if type(meta) is tuple else None
         if index is None:
-            found.append(node)
+            if node.users:
+                found.append(node)
             continue
         found.extend(u for u in node.users if u.op == "call_function" and u.target is operator.getitem
                      and u.args[1] == index)
@@ -492,6 +493,11 @@ def _output_problem(module: nn.Module, sample: torch.Tensor | None) -> str | Non
     if not is_neuron(module):
         return neuron_adapter(module).not_neuron_reason(module)
     return None
+
+
+def _unused(calls: list[fx.Node]) -> str:
+    """Why a neuron none of whose spikes are read gets no amplitude (it would count as converted, folding nothing)."""
+    return "its spikes are never used" + (" (only its state is)" if any(n.users for n in calls) else "")
 
 
 def _unsupported_neuron(module: nn.Module, spec: SpikeSpec) -> str | None:

@@ -239,6 +239,25 @@ def test_spikes_reaching_the_output_are_skipped():
     assert report.skipped[0].module == "1" and "network output" in report.skipped[0].reason
 
 
+def test_a_neuron_whose_spikes_are_never_read_is_skipped_not_counted():
+    """An unused read-out (Meta-SpikeFormer's last neuron without distillation) has nothing to fold into."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.sn1, self.fc2, self.sn2 = layer.Linear(4, 4), neuron.IFNode(), layer.Linear(4, 2), \
+                neuron.IFNode()
+
+        def forward(self, x):
+            y = self.fc2(self.sn1(self.fc1(x)))
+            self.sn2(y)  # computed, never read
+            return y
+
+    model = rs.convert_model(Net(), torch.rand(2, 4))
+    report = rs.conversion_report(model)
+    assert [c.module for c in report.converted] == ["sn1"] and list(amplitudes(model)) == ["sn1"]
+    assert [(s.module, s.reason) for s in report.skipped] == [("sn2", "its spikes are never used")]
+
+
 def test_nonlinear_consumer_is_skipped():
     class Net(nn.Module):
         def __init__(self):
