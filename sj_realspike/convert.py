@@ -25,6 +25,7 @@ from .errors import UnsupportedPatternError
 from .flow import Blocker, FoldStats, follow_amplitudes, neuron_batch_dims
 from .ops import OpKind, classify
 from .frameworks import framework_of, invalidate, neuron_adapter, reset, step_mode
+from .layout import sequence_layout
 from .neurons import is_neuron, is_ternary, ternary_problem, to_ternary
 from .recognise import is_spiking_module, spike_output_problem
 from .recurrent import internal_synapse_problem
@@ -300,9 +301,6 @@ def _describe_alike(key: tuple) -> str:
         (f" slices of {repeat}" if repeat != 1 else "")
 
 
-_LAYOUT_NAMES = {3: "T,N,F", 4: "T,N,C,L", 5: "T,N,C,H,W", 6: "T,N,C,D,H,W"}
-
-
 def check_layout(layout: str | None, example_input: object, result: CaptureResult, model: nn.Module) -> str | None:
     """The validated input layout, or the detected one when ``None``.
 
@@ -321,7 +319,7 @@ def check_layout(layout: str | None, example_input: object, result: CaptureResul
     rank = example_input.dim()
     if layout is None:
         multi = any(step_mode(m) == "m" for m in result.gm.modules() if is_neuron(m))
-        sequence = _LAYOUT_NAMES.get(rank, ",".join(["T", "N"] + [f"D{i}" for i in range(rank - 2)]))
+        sequence = sequence_layout(rank)
         if multi and rank >= 3 and _runs(model, _one_more(example_input, 1)):
             return sequence
         if not multi and result.calls and rank >= 2:
@@ -329,7 +327,7 @@ def check_layout(layout: str | None, example_input: object, result: CaptureResul
             grown = _grown(model, example_input, 0)
             if grown is not None and grown.calls != result.calls and _runs(model, _one_more(example_input, 1)):
                 return sequence
-        return _LAYOUT_NAMES.get(rank + 1, ",".join(["T", "N"] + [f"D{i}" for i in range(rank - 1)]))[2:]
+        return sequence_layout(rank + 1)[len("T,"):]  # one step: [N, …]
     dims = [d.strip() for d in layout.split(",")]
     if len(dims) != rank or dims.count("N") != 1 or dims.count("T") > 1 or len(set(dims)) != len(dims) \
             or not all(d.isidentifier() for d in dims):

@@ -24,7 +24,8 @@ from .errors import RealSpikeError
 from .fold import NotConvertedWarning, fold
 from .frameworks import adapter_for, reset
 from .layout import input_layout_of
-from .lowering import lower_for_export, step_mode_of
+from .lowering import lower_for_export
+from .neurons import step_mode_of
 from .neurons import is_neuron, is_ternary
 from .report import record_of
 from .state import copy_model

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .lowering import step_mode_of
+from .neurons import step_mode_of
 from .report import record_of
 
-__all__ = ["InputLayout", "input_layout_of", "stack_steps"]
+__all__ = ["InputLayout", "input_layout_of", "sequence_layout", "stack_steps"]
 
 _NAMES = {3: "T,N,F", 4: "T,N,C,L", 5: "T,N,C,H,W", 6: "T,N,C,D,H,W"}
 
@@ -88,16 +88,16 @@ def input_layout_of(model: nn.Module, x: torch.Tensor) -> InputLayout:
     per_step = mode == "s" and not record.get("sequence_per_call", False)
     recorded = record.get("input_layout")
     if per_step:
-        per_call = recorded.split(",") if recorded else _name(x.dim()).split(",")[1:]
+        per_call = recorded.split(",") if recorded else sequence_layout(x.dim()).split(",")[1:]
         dims = ("T", *per_call)
         return InputLayout(dims, True, {d + 1: s for d, s in fixed.items()})
     if recorded:
         return InputLayout(tuple(recorded.split(",")), False, fixed)
-    return InputLayout(tuple(_name(x.dim()).split(",")), False, fixed)
+    return InputLayout(tuple(sequence_layout(x.dim()).split(",")), False, fixed)
 
 
-def _name(rank: int) -> str:
-    """The default name of a rank-``rank`` sequence ``[T, N, …]``, e.g. ``"T,N,C,H,W"``."""
+def sequence_layout(rank: int) -> str:
+    """The default layout of a rank-``rank`` sequence ``[T, N, …]``, e.g. ``"T,N,C,H,W"``."""
     return _NAMES.get(rank, ",".join(["T", "N"] + [f"D{i}" for i in range(rank - 2)]))
 
 

@@ -28,9 +28,8 @@ import torch.nn as nn
 from .errors import UnsupportedPatternError
 from .fold import constant_factors_on_spikes
 from .frameworks import adapters, neuron_adapter, reset, step_output
-from .frameworks import step_mode as neuron_step_mode
 from .lowered import LoweredDiagonalSynapse, LoweredUnsharedConv2d
-from .neurons import is_neuron
+from .neurons import is_neuron, step_mode_of
 from .ops import scalar_factor
 from .report import META_KEY
 from .samples import check_per_sample
@@ -38,30 +37,9 @@ from .state import copy_model
 from .synapses import DiagonalSynapse, UnsharedConv2d
 from .tracing import propagate_shapes
 
-__all__ = ["lower_for_export", "step_mode_of"]
+__all__ = ["lower_for_export"]
 
 logger = logging.getLogger(__name__)
-
-
-def step_mode_of(model: nn.Module) -> str:
-    """The step mode shared by all neurons of ``model`` (``'s'`` or ``'m'``).
-
-    Raises:
-        UnsupportedPatternError: no neurons, or neurons in both step modes.
-    """
-    neurons = {name: m for name, m in model.named_modules() if is_neuron(m)}
-    modes = {name: neuron_step_mode(m) for name, m in neurons.items()}
-    if not modes:
-        raise UnsupportedPatternError(type(model).__name__, "the model has no spiking neurons",
-                                      f"Export networks of {', '.join(a.name for a in adapters())} neurons "
-                                      "(or models from sj_realspike.fold)")
-    if len(set(modes.values())) > 1:
-        single = sorted(n for n, s in modes.items() if s == "s")[:3]
-        switch = neuron_adapter(neurons[single[0]]).multi_step_remedy()
-        raise UnsupportedPatternError(
-            single[0], f"neurons run in both step modes (single-step: {', '.join(single)}, …)",
-            "Use one step mode for the whole network" + (f": {switch} before convert_model" if switch else ""))
-    return next(iter(modes.values()))
 
 
 def lower_for_export(model: fx.GraphModule, example_input: torch.Tensor, *,

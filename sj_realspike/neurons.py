@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .frameworks import is_neuron, is_ternary, neuron_adapter
+from .errors import UnsupportedPatternError
+from .frameworks import adapters, is_neuron, is_ternary, neuron_adapter
+from .frameworks import step_mode as neuron_step_mode
 
 __all__ = [
     "is_neuron",
     "is_ternary",
+    "step_mode_of",
     "ternary_problem",
     "to_ternary",
 ]
@@ -33,3 +36,24 @@ def to_ternary(m: nn.Module) -> nn.Module:
     if adapter is None:
         raise ValueError(f"{type(m).__name__} is not a spiking neuron of a supported framework")
     return adapter.to_ternary(m)
+
+
+def step_mode_of(model: nn.Module) -> str:
+    """The step mode shared by all neurons of ``model`` (``'s'`` or ``'m'``).
+
+    Raises:
+        UnsupportedPatternError: no neurons, or neurons in both step modes.
+    """
+    neurons = {name: m for name, m in model.named_modules() if is_neuron(m)}
+    modes = {name: neuron_step_mode(m) for name, m in neurons.items()}
+    if not modes:
+        raise UnsupportedPatternError(type(model).__name__, "the model has no spiking neurons",
+                                      f"Export networks of {', '.join(a.name for a in adapters())} neurons "
+                                      "(or models from sj_realspike.fold)")
+    if len(set(modes.values())) > 1:
+        single = sorted(n for n, s in modes.items() if s == "s")[:3]
+        switch = neuron_adapter(neurons[single[0]]).multi_step_remedy()
+        raise UnsupportedPatternError(
+            single[0], f"neurons run in both step modes (single-step: {', '.join(single)}, …)",
+            "Use one step mode for the whole network" + (f": {switch} before convert_model" if switch else ""))
+    return next(iter(modes.values()))

@@ -51,7 +51,7 @@ import torch.nn as nn
 from .atomic import atomic_write
 from .errors import UnsupportedPatternError
 from .export import as_deploy_model
-from .lowering import step_mode_of
+from .neurons import step_mode_of
 from .frameworks import Refusal, adapter_for, adapters, identity_types, neuron_adapter, step_output
 from .neurons import is_neuron
 from .ops import computed_weight, describe

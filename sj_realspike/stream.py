@@ -41,7 +41,8 @@ from .errors import UnsupportedPatternError
 from .frameworks import is_neuron, reset, state_of
 from .layout import InputLayout
 from .lowered import LoweredNeuron
-from .lowering import lower_for_export, step_mode_of
+from .lowering import lower_for_export
+from .neurons import step_mode_of
 from .state import copy_model
 from .tracing import propagate_shapes
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 from .export import ANY_T, METADATA_PREFIX, as_deploy_model, model_fingerprint, spike_kinds
 from .layout import input_layout_of, stack_steps
 from .frameworks import reset, run_steps, spikes_of
-from .lowering import step_mode_of
+from .neurons import step_mode_of
 from .neurons import is_neuron
 from .purity import SpikeTensor, Violation, spike_tensors, static_violations
 from .report import format_table, record_of

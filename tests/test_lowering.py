@@ -187,7 +187,7 @@ def test_lowering_refuses_mixed_step_modes():
 
 
 def test_step_mode_of_a_model_without_neurons_names_the_frameworks():
-    from sj_realspike.lowering import step_mode_of
+    from sj_realspike.neurons import step_mode_of
 
     with pytest.raises(rs.UnsupportedPatternError, match=r"has no spiking neurons.*Export networks of spikingjelly"):
         step_mode_of(nn.Sequential(nn.Linear(2, 2)))
