@@ -238,6 +238,12 @@ class _Walker:
         terms = []
         for t in self._terms(node):
             if t.deferred:
+                if kind is OpKind.RESHAPE and _batch_prefix(self._shape(node.args[0]), out_shape, t) is None:
+                    self._block_term(t, node, f"{describe(node, self.modules)} regroups the batch/time dims of "
+                                              f"spikes whose element-wise amplitude was pooled, which the Linear "
+                                              f"they are merged into cannot follow",
+                                     "Use channel granularity for this neuron, or reshape the batch/time dims "
+                                     "after the Linear")
                 terms.append(replace(t, deferred=t.deferred + (node,)))
             elif t.scale is None:
                 terms.append(replace(t, node=self._replay(node, t.node), shape=out_shape))
@@ -627,11 +633,16 @@ class _Walker:
         n = 1
         for d in features:
             n *= d
-        basis = torch.eye(n, dtype=torch.float64).reshape(*([1] * (b - 1)), n, *features)
-        columns = basis
+        columns = torch.eye(n, dtype=torch.float64).reshape(*([1] * (b - 1)), n, *features)
         with torch.no_grad():
             for op in t.deferred:
-                columns = self._apply(op, columns)
+                if classify(op, self.modules) is OpKind.RESHAPE:
+                    # from the recorded shapes, not op's arguments: those name the real batch (x.view(x.size(0),
+                    # -1)), where columns holds the basis vectors; the batch dims stay (`_linear_op`)
+                    k = _batch_prefix(self._shape(op.args[0]), self._shape(op), t)
+                    columns = columns.reshape(*columns.shape[:k], *self._shape(op)[k:])
+                else:
+                    columns = self._apply(op, columns)
         lin = columns.reshape(n, -1)  # row i: the deferred ops applied to basis vector e_i
         if lin.shape[1] != syn.in_features:
             self._block_term(t, t.deferred[-1],
@@ -649,7 +660,9 @@ class _Walker:
 
     def _apply(self, op: fx.Node, x: torch.Tensor) -> torch.Tensor:
         args = [x] + list(op.args[1:])
-        if any(isinstance(a, fx.Node) for a in args[1:]) or any(isinstance(v, fx.Node) for v in op.kwargs.values()):
+        nested: list[fx.Node] = []
+        fx.node.map_arg((op.args[1:], op.kwargs), nested.append)  # nodes inside lists and dicts too
+        if nested:
             self._block(op, [], f"{describe(op, self.modules)} has tensor-valued arguments and cannot be merged into a Linear", "Use channel granularity for this neuron")
         if op.op == "call_module":
             return self.modules[op.target](*args, **op.kwargs)
@@ -732,6 +745,20 @@ def _generic(shape: torch.Size, name: str) -> torch.Tensor:
     """
     g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
     return 1.0 + torch.rand(shape, generator=g, dtype=torch.float64)
+
+
+def _batch_prefix(shape: tuple[int, ...], out_shape: tuple[int, ...], t: Term) -> int | None:
+    """How many leading dims ``reshape(shape → out_shape)`` keeps as they are, holding term ``t``'s batch.
+
+    Along a chain of ops deferred into a merged Linear the batch/time dims hold the same
+    elements as where ``t`` was deferred; a reshape of the features alone keeps them as the
+    same leading dims. ``None``: the reshape regroups them (``[T·N, …] → [T, N, …]``).
+    """
+    batch = math.prod(t.shape[:t.batch_dims])
+    for k in range(1, min(len(shape), len(out_shape)) + 1):
+        if math.prod(shape[:k]) == batch:
+            return k if tuple(shape[:k]) == tuple(out_shape[:k]) else None
+    return None
 
 
 def _batch_boundary(shape: tuple[int, ...], b: int, out_shape: tuple[int, ...]) -> int | None:

@@ -25,10 +25,10 @@ class OpKind(enum.Enum):
     CONV = "conv"
     LINEAR = "linear"
     RESHAPE = "reshape"  # flatten / view / reshape / (un)squeeze: linear, moves features around
-    AVGPOOL = "avgpool"  # linear, channel-preserving
+    AVGPOOL = "avgpool"  # linear, channel-preserving: average pooling, upsampling
     MAXPOOL = "maxpool"  # commutes with non-negative per-channel scaling only
     IDENTITY = "identity"  # dropout (identity at inference), nn.Identity
-    SCALAR = "scalar"  # multiply / divide by a Python number
+    SCALAR = "scalar"  # multiply / divide by a Python number, negate
     ADD = "add"
     PERMUTE = "permute"  # permute / transpose: moves dims
     MEAN = "mean"  # mean / sum over some dims: linear
@@ -53,11 +53,13 @@ _SPLIT_FUNCS = {torch.chunk, torch.split, torch.tensor_split}
 _SPLIT_METHODS = {"chunk", "split", "tensor_split"}
 _MATMUL_FUNCS = {operator.matmul, torch.matmul, torch.bmm}
 _IDENTITY_METHODS = {"contiguous", "clone"}
-_AVGPOOL_FUNCS = {F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d}
+_AVGPOOL_FUNCS = {F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.interpolate}
 _MAXPOOL_FUNCS = {F.max_pool1d, F.max_pool2d}
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 _MUL_FUNCS = {operator.mul, operator.imul, torch.mul}
 _DIV_FUNCS = {operator.truediv, operator.itruediv, torch.div}
+_NEG_FUNCS = {operator.neg, torch.neg, torch.negative}
+_NEG_METHODS = {"neg", "negative"}
 
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 
@@ -101,7 +103,7 @@ def classify(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
             return OpKind.LINEAR
         if isinstance(m, nn.Flatten):
             return OpKind.RESHAPE
-        if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+        if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Upsample)):
             return OpKind.AVGPOOL
         if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
             return OpKind.MAXPOOL if not m.return_indices else OpKind.OTHER
@@ -132,7 +134,8 @@ _CALLS: tuple[tuple[OpKind, frozenset, frozenset, Callable[[fx.Node], bool] | No
         (OpKind.AVGPOOL, _AVGPOOL_FUNCS, (), None),
         (OpKind.MAXPOOL, _MAXPOOL_FUNCS, (), lambda n: not n.kwargs.get("return_indices", False)),
         (OpKind.ADD, _ADD_FUNCS, ("add",), lambda n: "alpha" not in n.kwargs),
-        (OpKind.SCALAR, _MUL_FUNCS | _DIV_FUNCS, ("mul", "div"), lambda n: scalar_factor(n) is not None),
+        (OpKind.SCALAR, _MUL_FUNCS | _DIV_FUNCS | _NEG_FUNCS, {"mul", "div"} | _NEG_METHODS,
+         lambda n: scalar_factor(n) is not None),
         (OpKind.HADAMARD, _MUL_FUNCS, ("mul",), _two_tensors),
         (OpKind.SHAPE, (getattr,), ("size", "dim"), _is_shape_attr),
         (OpKind.IDENTITY, (F.dropout, F.dropout2d), _IDENTITY_METHODS, lambda n: n.op == "call_function" or len(n.args) == 1),
@@ -181,7 +184,9 @@ def permutation(node: fx.Node, rank: int) -> list[int] | None:
 
 
 def scalar_factor(node: fx.Node) -> float | None:
-    """For ``x * c``, ``c * x`` or ``x / c`` with a Python number ``c``: the factor on ``x``."""
+    """For ``x * c``, ``c * x`` or ``x / c`` with a Python number ``c``: the factor on ``x``; −1 for ``−x``."""
+    if node.target in _NEG_FUNCS or node.target in _NEG_METHODS:
+        return -1.0 if len(node.args) == 1 and not node.kwargs else None
     if len(node.args) != 2 or node.kwargs:
         return None
     a, b = node.args

@@ -452,3 +452,76 @@ def test_a_pruned_conv_is_not_scaled_and_a_monitored_one_is():
     model = rs.convert_model(monitored, x, granularity="channel")
     assert _converted(rs.conversion_report(model)) == {"1", "3"} and seen
     _fold_exact(model, x)
+
+
+class _PooledView(nn.Module):
+    """Pooled spikes viewed to sizes computed in ``forward``: the classic ``y.view(y.size(0), -1)``
+    flatten, with the sizes unpacked or in a list, or TET's own copy of SeqToANNContainer, back to
+    ``[T, N, …]`` (``y_shape = [T, N]; y_shape.extend(y.shape[1:]); y.view(y_shape)``)."""
+
+    def __init__(self, view: str):
+        super().__init__()
+        self.view = view
+        self.c1, self.n1 = layer.Conv2d(3, 4, 3, padding=1), neuron.LIFNode(tau=2.0)
+        self.pool, self.fc = nn.AvgPool2d(2), nn.Linear(4 * 4 * 4, 2)
+
+    def forward(self, x):
+        s = self.n1(self.c1(x))
+        y = self.pool(s.flatten(0, 1))
+        if self.view == "unpacked":
+            return self.fc(y.view(y.size(0), -1))
+        if self.view == "list":
+            return self.fc(y.view([y.shape[0], -1]))
+        y_shape = [s.shape[0], s.shape[1]]
+        y_shape.extend(y.shape[1:])
+        return self.fc(y.view(y_shape).flatten(2))
+
+
+@pytest.mark.parametrize("view", ["unpacked", "list"])
+def test_element_amplitude_through_pooling_and_a_view_to_computed_sizes_folds(view):
+    # Pooled element-wise amplitudes merge into the Linear; the view's sizes are nodes (inside a list, too)
+    # naming the real batch, which the merge's basis vectors do not have (was a TypeError in fold).
+    torch.manual_seed(0)
+    net = _PooledView(view)
+    functional.set_step_mode(net, "m")
+    x = torch.rand(2, 2, 3, 8, 8) * 4
+    model = rs.convert_model(net, x, granularity="element")
+    assert len(rs.conversion_report(model).converted) == 1
+    assert len(_fold_exact(model, x).merged_linears) == 1
+
+
+def test_pooled_element_amplitude_whose_batch_is_regrouped_is_skipped_at_convert():
+    net = _PooledView("seq_to_ann_copy")
+    functional.set_step_mode(net, "m")
+    report = rs.conversion_report(rs.convert_model(net, torch.rand(2, 2, 3, 8, 8), granularity="element"))
+    assert not report.converted and len(report.skipped) == 1
+    assert report.skipped[0].reason == ("'view' (view) regroups the batch/time dims of spikes whose element-wise "
+                                        "amplitude was pooled, which the Linear they are merged into cannot follow")
+
+
+class _NegUpsample(nn.Module):
+    """A signed SEW-style sum ``-a + 2·b`` and a U-Net decoder's nearest upsampling of spikes before a conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.n1 = layer.Conv2d(3, 4, 3, padding=1), neuron.IFNode()
+        self.c2, self.n2 = layer.Conv2d(3, 4, 3, padding=1), neuron.LIFNode(tau=2.0)
+        self.pool, self.up = layer.AvgPool2d(2), layer.SeqToANNContainer(nn.Upsample(scale_factor=2))
+        self.c3, self.n3 = layer.Conv2d(4, 4, 3, padding=1), neuron.IFNode()
+        self.flat, self.fc = layer.Flatten(), layer.Linear(4 * 8 * 8, 2)
+
+    def forward(self, x):
+        s = -self.n1(self.c1(x)) + 2 * self.n2(self.c2(x))
+        return self.fc(self.flat(self.n3(self.c3(self.up(self.pool(s))))))
+
+
+def test_negated_spikes_and_upsampled_spikes_fold():
+    # Negation and upsampling are linear: they were "not linear in them", the neurons skipped (and verify
+    # then FAILed the negation as an unfolded amplitude).
+    torch.manual_seed(0)
+    net = _NegUpsample()
+    functional.set_step_mode(net, "m")
+    x = torch.rand(2, 2, 3, 8, 8) * 4
+    model = rs.convert_model(net, x, granularity="channel")
+    assert _converted(rs.conversion_report(model)) == {"n1", "n2", "n3"}
+    _fold_exact(model, x)
