@@ -8,7 +8,9 @@ standard ``torch.nn`` layer nor one of this package's lowered modules is capture
 own with ``torch.onnx.export`` on the input it received in one run of the graph; the first
 one that does not export is the culprit, reported with its node name and the cause (a
 branch the capture cannot take, or an op such as a framework's custom kernel that has no
-ONNX function).
+ONNX function). An op of the graph itself that torch's exporter cannot translate (``No ONNX
+function found for aten.cummax``) is found by its name among the graph's function and method
+calls.
 """
 
 from __future__ import annotations
@@ -63,16 +65,36 @@ def _first_line(e: BaseException) -> str:
     return f"{type(root).__name__}: {text}"
 
 
-def blame_export_failure(gm: fx.GraphModule, x: torch.Tensor, reset) -> UnsupportedPatternError | None:
-    """The error naming the module whose own forward does not export to ONNX, or ``None``.
+def _untranslated_op(gm: fx.GraphModule, error: BaseException) -> UnsupportedPatternError | None:
+    """The error naming the graph's call of an aten op the exporter has no ONNX function for, or ``None``."""
+    found = re.search(r"No ONNX function found for <OpOverload\(op='aten\.(\w+)'", _first_line(error))
+    if found is None:
+        return None
+    op = found.group(1)
+    for node in gm.graph.nodes:
+        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", None)
+        if node.op in ("call_function", "call_method") and isinstance(name, str) and name.rstrip("_") == op:
+            return UnsupportedPatternError(
+                node.name, f"torch.onnx has no ONNX translation of {name} (aten.{op}), which the deploy model "
+                "computes here", "Replace it with ops ONNX has, or compute it outside the exported network")
+    return None
+
+
+def blame_export_failure(gm: fx.GraphModule, x: torch.Tensor | None, reset,
+                         error: BaseException | None = None) -> UnsupportedPatternError | None:
+    """The error naming the node or module that does not export to ONNX, or ``None``.
 
     Args:
         gm: the lowered graph whose export failed.
-        x: the input the export was traced with.
+        x: the input the export was traced with (``None``: a graph of several inputs, whose modules
+            are not probed one by one).
         reset: called with a module to reset its state (so capture starts from reset state).
+        error: the exporter's error, when it may name an aten op of the graph itself.
     """
+    if error is not None and (untranslated := _untranslated_op(gm, error)) is not None:
+        return untranslated
     suspects = _suspects(gm)
-    if not suspects:
+    if not suspects or x is None:
         return None
     reset(gm)
     seen = _inputs_seen(gm, suspects, x)

@@ -276,7 +276,7 @@ def _export(lowered: fx.GraphModule, inputs: list[tuple[torch.Tensor, str, int]]
         while root.__cause__ is not None:
             root = root.__cause__
         first = re.sub(r"\x1b\[[0-9;]*m", "", str(root)).strip().split("\n")[0]
-        blamed = blame_export_failure(lowered, args[0], reset) if len(args) == 1 else None
+        blamed = blame_export_failure(lowered, args[0] if len(args) == 1 else None, reset, e)
         if blamed is not None:
             raise blamed from e
         raise ExportError(f"torch.onnx.export failed on the lowered deploy model ({type(root).__name__}: {first})") from e

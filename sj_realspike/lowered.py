@@ -47,6 +47,7 @@ __all__ = [
     "LoweredBinaryNeuron",
     "LoweredDiagonalSynapse",
     "LoweredNeuron",
+    "LoweredRecurrence",
     "LoweredTernaryNeuron",
     "LoweredUnsharedConv2d",
 ]
@@ -197,6 +198,17 @@ class LoweredNeuron(nn.Module):
             decay = f", q={float(self.q):.6g}"
         return (f"{self.charge}{decay}, v_threshold={self.v_threshold}, v_reset={self.v_reset}, "
                 f"decay_input={self.decay_input}, time_steps={self.time_steps}")
+
+
+class LoweredRecurrence(nn.Module):
+    """A framework's neuron or read-out lowered with its recurrence inside (snnTorch's, Norse's).
+
+    It runs the steps of one call from the state it is given or from rest, and keeps its state
+    in no input or output of its own: an unrolled graph, which hands it the whole sequence,
+    carries the state across steps; a stream graph, one step per call, would restart it at every
+    step, so `sj_realspike.stream` refuses graphs holding one. Only `LoweredNeuron`'s membranes
+    are stream inputs and outputs.
+    """
 
 
 class LoweredBinaryNeuron(LoweredNeuron):

@@ -40,7 +40,7 @@ import torch.utils._pytree as pytree
 from .errors import UnsupportedPatternError
 from .frameworks import is_neuron, reset, state_of
 from .layout import InputLayout
-from .lowered import LoweredNeuron
+from .lowered import LoweredNeuron, LoweredRecurrence
 from .lowering import lower_for_export
 from .neurons import step_mode_of
 from .state import copy_model
@@ -108,7 +108,7 @@ def lower_for_stream(model: fx.GraphModule, example_input: torch.Tensor, layout:
     # Lowered as a sequence of one step [1, N, …] (single-step models: flattened to [N, …] inside).
     gm = lower_for_export(model, x_t.unsqueeze(0), per_step=layout.per_step)
     neurons = {name: m for name, m in gm.named_modules() if isinstance(m, LoweredNeuron)}
-    _refuse_state_outside_neurons(gm, neurons)
+    _refuse_state_outside_neurons(gm, neurons, model)
     shapes = _membrane_shapes(gm, x_t.unsqueeze(0), mode, batch_dim + 1, fixed_batch)
     joins = _rewrite(gm, neurons)
     states = tuple(StreamState(name, neurons[name].rest, torch.full(shape, neurons[name].rest))
@@ -137,11 +137,20 @@ def _refuse_layout(model: nn.Module, layout: InputLayout, mode: str) -> None:
             "steps, e.g. a loop over x.shape[0])", "Export it unrolled (stream=False)")
 
 
-def _refuse_state_outside_neurons(gm: fx.GraphModule, lowered: dict[str, nn.Module]) -> None:
-    """Neurons without a one-step lowering and other stateful modules: their state cannot be carried."""
+def _refuse_state_outside_neurons(gm: fx.GraphModule, lowered: dict[str, nn.Module], model: nn.Module) -> None:
+    """Neurons without a one-step lowering and other stateful modules: their state cannot be carried.
+
+    ``model`` is the deploy model ``gm`` was lowered from (messages name its modules' classes).
+    """
     for name, m in gm.named_modules():
         if name in lowered:
             continue
+        if isinstance(m, LoweredRecurrence):
+            source = type(model.get_submodule(name) if _has_module(model, name) else m).__name__
+            raise UnsupportedPatternError(
+                name, f"{source} is lowered with its recurrence inside one module, so a stream graph would "
+                "start it from rest at every step: only the lowered IF/LIF/PLIF neurons (and ternary twins) carry "
+                "their membrane as an input and an output", "Export it unrolled (stream=False)")
         memories = sorted(state_of(m))
         if is_neuron(m):
             what = "has no one-step form (the membrane as an input and an output)" \
@@ -155,6 +164,14 @@ def _refuse_state_outside_neurons(gm: fx.GraphModule, lowered: dict[str, nn.Modu
                 name, f"{type(m).__name__} keeps state between time steps ({', '.join(memories)}), which a stream "
                 "graph cannot carry (only lowered neurons' membranes are inputs and outputs)",
                 "Export it unrolled (stream=False)")
+
+
+def _has_module(model: nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 def _membrane_shapes(gm: fx.GraphModule, x: torch.Tensor, mode: str, batch_dim: int,

@@ -204,6 +204,33 @@ def test_state_outside_lowered_neurons_is_refused(tmp_path, cls, match):
     assert not (tmp_path / "s.onnx").exists()
 
 
+def _snntorch_leaky() -> nn.Module:
+    snn = pytest.importorskip("snntorch")
+    return nn.Sequential(nn.Linear(6, 8), snn.Leaky(beta=0.5, init_hidden=True), nn.Linear(8, 3))
+
+
+def _norse_cells() -> nn.Module:
+    norse = pytest.importorskip("norse.torch")
+    return norse.SequentialState(nn.Linear(6, 8), norse.LIFCell(), nn.Linear(8, 3), norse.LICell())
+
+
+@pytest.mark.parametrize("build, match", [
+    (_snntorch_leaky, r"node '1': Leaky is lowered with its recurrence inside one module, so a stream graph would "
+                      r"start it from rest at every step"),
+    (_norse_cells, r"node '1': LIFCell is lowered with its recurrence inside one module"),
+])
+def test_neurons_lowered_with_their_recurrence_inside_are_refused(tmp_path, build, match):
+    # snnTorch's and Norse's lowerings keep the state inside: the stream graph restarted them at every step
+    # and differed from the deploy model from the second step on, with nothing said at export.
+    torch.manual_seed(0)
+    x = dyadic_input((3, 2, 6))
+    deploy = rs.fold(rs.convert_model(build(), x[0]))
+    with pytest.raises(rs.UnsupportedPatternError, match=match):
+        rs.export_onnx(deploy, tmp_path / "s.onnx", x, stream=True)
+    assert not (tmp_path / "s.onnx").exists()
+    rs.export_onnx(deploy, tmp_path / "u.onnx", x)  # unrolled: the state crosses the steps inside the graph
+
+
 @pytest.mark.parametrize("name, match", [
     ("csnn", r"takes \[N,C,H,W\] and makes time inside its forward .*no per-step graph to stream"),
     ("time_loop_sequence", r"loops over the time steps itself .*one call is the whole sequence, not one step"),

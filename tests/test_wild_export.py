@@ -119,6 +119,31 @@ def test_a_kept_neuron_whose_own_forward_cannot_be_exported_is_named(tmp_path):
     assert not list(tmp_path.iterdir())  # no partial file
 
 
+class _RunningMax(torch.nn.Module):
+    """A "has this neuron fired yet" read-out: the running maximum of the spikes over time (``dim=0``)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        from spikingjelly.activation_based import neuron
+        self.fc0, self.sn, self.fc1 = torch.nn.Linear(2, 4), neuron.LIFNode(tau=2.0, step_mode="m"), \
+            torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc1(torch.cummax(self.sn(self.fc0(x)), dim=self.dim).values)
+
+
+@pytest.mark.parametrize("stream, dim", [(False, 0), (True, -1)])  # a stream takes no running max over time
+def test_an_op_without_an_onnx_translation_is_named(tmp_path, stream, dim):
+    # torch.onnx's "No ONNX function found for aten.cummax" names no node of the user's network.
+    x = torch.randint(0, 9, (2, 2, 2)).float() / 4
+    deploy = rs.fold(_RunningMax(dim), example_input=x)
+    with pytest.raises(rs.UnsupportedPatternError, match=r"node 'cummax': torch.onnx has no ONNX translation of "
+                                                         r"cummax \(aten.cummax\)"):
+        rs.export_onnx(deploy, tmp_path / "m.onnx", x, stream=stream)
+    assert not list(tmp_path.iterdir())
+
+
 class _BatchMixing(torch.nn.Module):
     """Single-step net whose forward subtracts the batch mean: exact on [N, ...], wrong on [T*N, ...]."""
 

@@ -34,6 +34,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..errors import UnsupportedPatternError
+from ..lowered import LoweredRecurrence
 from ..spiking import AMPLITUDE_ATTR, AmplitudeNeuron
 from .base import FrameworkAdapter, Refusal, register
 
@@ -164,7 +165,7 @@ class NorseTernarySpikes(NorseSpikes):
         return (h - self.v_th > 0).to(h.dtype) - (-h - self.v_th > 0).to(h.dtype)
 
 
-class LoweredNorseNeuron(nn.Module):
+class LoweredNorseNeuron(LoweredRecurrence):
     """A Norse LIF / LIF-box neuron for export: Norse's own step, op for op, without autograd Functions.
 
     Each step computes exactly what ``lif_feed_forward_step`` (or the box step) computes,
@@ -265,7 +266,7 @@ class LoweredNorseNeuron(nn.Module):
                 f"time_steps={self.time_steps}")
 
 
-class LoweredNorseReadout(nn.Module):
+class LoweredNorseReadout(LoweredRecurrence):
     """Norse's leaky integrators (``LICell``, ``LIBoxCell``, ``LILinearCell``, ``LI``) for export, op for op.
 
     Read-outs keep state, so a single-step model exported on the time-flattened batch

@@ -52,6 +52,7 @@ import torch.fx as fx
 import torch.nn as nn
 from snntorch import SpikingNeuron
 
+from ..lowered import LoweredRecurrence
 from ..spiking import AMPLITUDE_ATTR, AmplitudeNeuron
 from .base import FrameworkAdapter, Refusal, register
 
@@ -486,7 +487,7 @@ class SnnTorchTernaryFire(SnnTorchFire):
     """`SnnTorchFire` of a `TernaryLeaky` (its own class: ONNX purity reads the spike kind from it)."""
 
 
-class LoweredSnnTorchNeuron(nn.Module):
+class LoweredSnnTorchNeuron(LoweredRecurrence):
     """An snnTorch neuron's update as plain tensor ops, repeated in snnTorch's order.
 
     Returns the neuron's state after each step: ``(mem,)``, ``(syn, mem)`` (Synaptic) or
