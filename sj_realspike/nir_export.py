@@ -51,9 +51,9 @@ import torch.nn as nn
 from .atomic import atomic_write
 from .errors import UnsupportedPatternError
 from .export import as_deploy_model
-from .neurons import step_mode_of
 from .frameworks import Refusal, adapter_for, adapters, identity_types, neuron_adapter, step_output
-from .neurons import is_neuron
+from .layout import input_layout_of
+from .neurons import is_neuron, step_mode_of
 from .ops import computed_weight, describe
 from .report import record_of
 from .synapses import DiagonalSynapse, UnsharedConv2d
@@ -106,7 +106,8 @@ def export_nir(deploy_model: nn.Module, path: str | os.PathLike[str] | None, exa
         deploy_model: the deploy model from `fold` (or a model to fold, see above).
         path: destination file, written atomically; ``None`` to only build the graph.
         example_input: one forward call's input (``[T, N, …]`` for multi-step models,
-            ``[N, …]`` for single-step ones); fixes the feature shapes.
+            ``[N, …]`` for single-step ones); fixes the feature shapes. A single-step model
+            also takes the sequence ``[T, N, …]`` that `export_onnx` takes: its first step.
         dt: time step in seconds; LIF time constants become ``τ·dt`` and IF's
             resistance ``1/dt``. Import with the same ``dt``.
 
@@ -121,6 +122,7 @@ def export_nir(deploy_model: nn.Module, path: str | os.PathLike[str] | None, exa
     nir, _ = _require_nir()
     if dt <= 0:
         raise ValueError(f"dt must be positive, got {dt}")
+    example_input = _one_call(deploy_model, example_input)
     gm = as_deploy_model(_spike_factors_converted(deploy_model, example_input), example_input)
     batch_dims = 2 if step_mode_of(gm) == "m" else 1
     propagate_shapes(gm, example_input)
@@ -132,6 +134,19 @@ def export_nir(deploy_model: nn.Module, path: str | os.PathLike[str] | None, exa
     if path is not None:
         atomic_write(path, lambda tmp: nir.write(tmp, graph))
     return graph
+
+
+def _one_call(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x``'s first step if ``model`` is a converted step function given a whole sequence, else ``x``.
+
+    The NIR graph is one time step; `export_onnx` takes the sequence ``[T, N, …]`` of a
+    single-step model, so the same input should do here. Only a converted or deploy model
+    records how many dims one call takes.
+    """
+    recorded = record_of(model).get("input_layout")
+    if recorded and x.dim() == len(recorded.split(",")) + 1 and input_layout_of(model, x).per_step:
+        return x[0]
+    return x
 
 
 def _spike_factors_converted(model: nn.Module, example_input: torch.Tensor) -> nn.Module:

@@ -94,6 +94,18 @@ def test_single_step_model_round_trips_step_by_step():
     assert torch.equal(torch.stack(ys), run(deploy, xs, steps=True))
 
 
+def test_a_single_step_model_given_the_whole_sequence_exports_its_first_step():
+    # export_onnx takes a step function's [T, N, ...] sequence; export_nir refused it, blaming a Linear.
+    xs = nets.example("m")
+    _, deploy = _deploy(nets.custom("mlp", "LIF", "s"), xs[0])
+    one, whole = rs.export_nir(deploy, None, xs[0]), rs.export_nir(deploy, None, xs)
+    assert one.nodes.keys() == whole.nodes.keys()
+    for key, node in one.nodes.items():
+        assert type(node) is type(whole.nodes[key])
+        assert all(np.array_equal(a, b) for a, b in zip(node.input_type.values(), whole.nodes[key].input_type.values(),
+                                                        strict=True))
+
+
 def test_import_nir_asks_the_named_framework_adapter_and_refuses_one_without_an_importer():
     from sj_realspike.frameworks import adapters
 
