@@ -37,13 +37,14 @@ from .amplitude import Amplitude
 from .capture import OPAQUE_KEY
 from .errors import UnsupportedPatternError
 from .frameworks import batch_dims, neuron_adapter
-from .ops import OpKind, classify, computed_weight, describe, permutation, reduction, scalar_factor
+from .ops import CONV_TYPES, OpKind, classify, computed_weight, describe, permutation, reduction, scalar_factor
 from .scales import compact, full_rank, matmul_scale, permute_scale, reduce_scale, slice_scale, varies_only_along_last
 from .synapses import DiagonalSynapse, UnsharedConv2d
 from .weights import (
     is_spatially_uniform,
     scale_input_channels,
     scale_linear_columns,
+    scale_transposed_input_channels,
 )
 
 __all__ = ["Blocker", "FoldStats", "follow_amplitudes", "neuron_batch_dims"]
@@ -571,7 +572,7 @@ class _Walker:
     def _synapse(self, node: fx.Node) -> None:
         terms = self._terms(node)
         syn = self.modules[node.target]
-        conv = isinstance(syn, (nn.Conv1d, nn.Conv2d))
+        conv = isinstance(syn, CONV_TYPES)
         for t in terms:
             if t.scale is None:
                 continue
@@ -586,10 +587,14 @@ class _Walker:
                             "but the amplitude also varies along the other dims, so it is not a per-input-column factor",
                             "Flatten the features before the Linear layer, or use channel granularity")
             if conv and not is_spatially_uniform(t.scale):
-                if not isinstance(syn, nn.Conv2d) or syn.padding_mode != "zeros":
+                if not isinstance(syn, nn.Conv2d):
+                    self._block_term(t, node,
+                                     f"element-wise amplitude into {describe(node, self.modules)}: only a Conv2d "
+                                     "takes one (as an unshared conv)", "Use channel granularity for this neuron")
+                if syn.padding_mode != "zeros":
                     self._block_term(t, node,
                                 f"element-wise amplitude into {describe(node, self.modules)} needs an unshared Conv2d "
-                                f"with zero padding (got {type(syn).__name__}, padding_mode={syn.padding_mode!r})",
+                                f"with zero padding (got padding_mode={syn.padding_mode!r})",
                                 "Use channel granularity for this neuron or zero padding in the conv")
         if not self.rewrite:
             return
@@ -618,8 +623,12 @@ class _Walker:
             with torch.no_grad():
                 if t.scale is not None:
                     w = syn.weight.detach().double()
-                    w = scale_input_channels(w, t.scale, syn.groups) if isinstance(syn, (nn.Conv1d, nn.Conv2d)) \
-                        else scale_linear_columns(w, compact(t.scale).reshape(-1))
+                    if isinstance(syn, nn.modules.conv._ConvTransposeNd):
+                        w = scale_transposed_input_channels(w, t.scale)
+                    elif isinstance(syn, CONV_TYPES):
+                        w = scale_input_channels(w, t.scale, syn.groups)
+                    else:
+                        w = scale_linear_columns(w, compact(t.scale).reshape(-1))
                     new.weight.copy_(w.to(syn.weight.dtype))
                     self.stats.scaled_synapses.append(name)
                 if not keep_bias and new.bias is not None:

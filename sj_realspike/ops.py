@@ -16,7 +16,7 @@ from .amplitude import Amplitude
 from .frameworks import defined_beyond, identity_types, layer_wrappers
 from .neurons import is_neuron
 
-__all__ = ["OpKind", "classify", "computed_weight", "describe", "permutation", "reduction", "scalar_factor"]
+__all__ = ["CONV_TYPES", "OpKind", "classify", "computed_weight", "describe", "permutation", "reduction", "scalar_factor"]
 
 
 class OpKind(enum.Enum):
@@ -64,13 +64,14 @@ _NEG_METHODS = {"neg", "negative"}
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 
 
-_SYNAPSE_BASES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_SYNAPSE_BASES = (*CONV_TYPES, nn.Linear)
 
 
 def computed_weight(m: nn.Module) -> str | None:
     """Why conv/linear ``m`` may not apply its ``weight`` parameter as it is (``None``: it does).
 
-    torch's Conv1d/Conv2d/Linear, the frameworks' step-mode wrappers of them and subclasses that define
+    torch's convs (transposed too) and Linear, the frameworks' step-mode wrappers of them and subclasses that define
     only a constructor apply ``weight``; a subclass with its own ``forward`` or weight method
     (SpikingJelly's ``WSConv2d`` standardizes its weight in forward) or a module with forward pre-hooks
     (``torch.nn.utils.weight_norm``, ``prune``: they rewrite ``weight`` before each call) or
@@ -97,7 +98,7 @@ def classify(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
             return OpKind.AMPLITUDE
         if is_neuron(m):
             return OpKind.NEURON
-        if isinstance(m, (nn.Conv1d, nn.Conv2d)) and computed_weight(m) is None:
+        if isinstance(m, CONV_TYPES) and computed_weight(m) is None:
             return OpKind.CONV
         if isinstance(m, nn.Linear) and computed_weight(m) is None:
             return OpKind.LINEAR

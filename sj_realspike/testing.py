@@ -24,6 +24,7 @@ import torch.utils._pytree as pytree
 from .frameworks import adapter_for, reset, run_steps, spikes_of
 from .layout import stack_steps
 from .neurons import is_neuron
+from .ops import CONV_TYPES
 from .report import conversion_report
 from .spiking import amplitude_of
 
@@ -81,7 +82,7 @@ def make_dyadic(model: nn.Module, x: torch.Tensor, seed: int = 0, amplitudes: bo
         randomize_amplitudes(model, seed, negative)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            if isinstance(m, (*CONV_TYPES, nn.Linear)):
                 m.weight.copy_(_dyadic_weight(m.weight, g))
                 if m.bias is not None:
                     m.bias.copy_(torch.randint(-2, 3, m.bias.shape, generator=g).float() / 8)

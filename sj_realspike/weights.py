@@ -15,6 +15,7 @@ __all__ = [
     "is_spatially_uniform",
     "channel_vector",
     "scale_input_channels",
+    "scale_transposed_input_channels",
     "scale_linear_columns",
     "unshared_conv_weight",
     "fuse_conv_bn_weights",
@@ -43,6 +44,16 @@ def scale_input_channels(weight: torch.Tensor, scale: torch.Tensor, groups: int)
     a = channel_vector(scale, in_per_group * groups).to(weight.dtype)
     per_output = a.reshape(groups, 1, in_per_group).expand(groups, out_ch // groups, in_per_group)
     return weight * per_output.reshape(out_ch, in_per_group, *([1] * (weight.dim() - 2)))
+
+
+def scale_transposed_input_channels(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Transposed-conv weight for input ``scale ⊙ x``: ``W'[c] = W[c] · a[c]``.
+
+    A transposed conv's weight is ``[C, O/g, *k]``: input channel ``c`` is its first dim,
+    whatever the groups, and each input element spreads ``a[c] · x`` over its outputs.
+    """
+    a = channel_vector(scale, weight.shape[0]).to(weight.dtype)
+    return weight * a.reshape(-1, *([1] * (weight.dim() - 1)))
 
 
 def scale_linear_columns(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -525,3 +525,46 @@ def test_negated_spikes_and_upsampled_spikes_fold():
     model = rs.convert_model(net, x, granularity="channel")
     assert _converted(rs.conversion_report(model)) == {"n1", "n2", "n3"}
     _fold_exact(model, x)
+
+
+class _SpikingUNet(nn.Module):
+    """A spiking U-Net: a strided conv down, a transposed conv up, the skip concatenated (and a 3-D conv head)."""
+
+    def __init__(self, groups: int):
+        super().__init__()
+        self.c1, self.n1 = layer.Conv2d(3, 4, 3, padding=1), neuron.IFNode()
+        self.down, self.n2 = layer.Conv2d(4, 8, 3, stride=2, padding=1), neuron.LIFNode(tau=2.0)
+        self.up, self.n3 = layer.ConvTranspose2d(8, 4, 2, stride=2, groups=groups), neuron.IFNode()
+        self.head = layer.Conv3d(8, 2, (1, 3, 3), padding=(0, 1, 1))
+
+    def forward(self, x):
+        a = self.n1(self.c1(x))
+        u = self.n3(self.up(self.n2(self.down(a))))
+        return self.head(torch.cat([a, u], 2).unsqueeze(3))  # [T, N, C, 1, H, W]
+
+
+@pytest.mark.parametrize("groups, spike, granularity", [(1, "ternary", "channel"), (2, "real", "layer")])
+def test_transposed_and_3d_convs_are_synapses(tmp_path, groups, spike, granularity):
+    # A transposed conv (decoders, U-Nets) and a 3-D conv read scaled spikes linearly: the neurons before
+    # them were skipped ("computes the weight it applies" / "not linear").
+    torch.manual_seed(0)
+    net = _SpikingUNet(groups)
+    functional.set_step_mode(net, "m")
+    x = torch.rand(2, 2, 3, 8, 8) * 16  # every neuron fires (verify checks the synapses after each)
+    model = rs.convert_model(net, x, spike=spike, granularity=granularity)
+    assert _converted(rs.conversion_report(model)) == {"n1", "n2", "n3"}
+    _fold_exact(model, x)
+    rs.export_onnx(rs.fold(model), tmp_path / "m.onnx", x)
+    report = rs.verify(model, tmp_path / "m.onnx", x)
+    assert report.ok and report.bit_identical, str(report)
+
+
+def test_element_amplitude_into_a_transposed_conv_is_skipped():
+    net = _SpikingUNet(1)
+    functional.set_step_mode(net, "m")
+    report = rs.conversion_report(rs.convert_model(net, torch.rand(2, 2, 3, 8, 8) * 4, granularity="element"))
+    only = "only a Conv2d takes one (as an unshared conv)"
+    assert {s.module: s.reason for s in report.skipped} == {
+        "n1": f"element-wise amplitude into 'head' (Conv3d): {only}",
+        "n2": f"element-wise amplitude into 'up' (ConvTranspose2d): {only}",
+        "n3": f"element-wise amplitude into 'head' (Conv3d): {only}"}

@@ -79,8 +79,8 @@ class FrameworkAdapter:
         return ()
 
     def layer_wrappers(self) -> tuple[type, ...]:
-        """The framework's subclasses of torch's Conv1d/Conv2d/Linear whose ``forward`` only adds its step
-        modes around torch's (their weight is applied as it is, so fold may scale it)."""
+        """The framework's subclasses of torch's convs (transposed too) and Linear whose ``forward`` only
+        adds its step modes around torch's (their weight is applied as it is, so fold may scale it)."""
         return ()
 
     def owns(self, m: nn.Module) -> bool:

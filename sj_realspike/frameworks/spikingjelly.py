@@ -174,7 +174,8 @@ class SpikingJellyAdapter(FrameworkAdapter):
 
     def layer_wrappers(self) -> tuple[type, ...]:
         # Not WSConv2d/WSLinear: they standardize their weight in forward.
-        return (layer.Conv1d, layer.Conv2d, layer.Linear)
+        return (layer.Conv1d, layer.Conv2d, layer.Conv3d, layer.ConvTranspose1d, layer.ConvTranspose2d,
+                layer.ConvTranspose3d, layer.Linear)
 
     def owns(self, m: nn.Module) -> bool:
         # Every stateful module (user subclasses too) and SpikingJelly's own step modules; not
