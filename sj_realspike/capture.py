@@ -400,13 +400,30 @@ def _is_shape_query(kind: str, target: Any, args: tuple) -> bool:
     return kind == "call_method" and target in _SHAPE_METHODS
 
 
-def _snapshot(m: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
-    return [(sub, state) for sub in m.modules() if (state := state_of(sub))]
+_Snapshot = list[tuple[nn.Module, dict[str, Any], dict[str, Any]]]
 
 
-def _restore(state: list[tuple[nn.Module, dict[str, Any]]]) -> None:
-    for sub, saved in state:
-        set_state(sub, saved)
+def _snapshot(m: nn.Module) -> _Snapshot:
+    """The framework state and the attributes (``vars``) of ``m`` and every module inside it."""
+    return [(sub, state_of(sub), dict(vars(sub))) for sub in m.modules()]
+
+
+def _restore(saved: _Snapshot) -> None:
+    """Undo what a trace did to the modules `_snapshot` saw: their framework state and attribute writes.
+
+    A module traced through runs its ``forward`` on proxies, so ``self.state = z.sum()``
+    (Norse's ``RegularizationCell``, a user's ``self.last = x``) stores a proxy: left there it
+    breaks the next call or capture of the model (a ``RecursionError`` far from the cause).
+    Attributes added while tracing are removed, replaced ones put back; the parameter, buffer
+    and submodule dicts are the same objects, so their contents are untouched.
+    """
+    for sub, state, attributes in saved:
+        if state:
+            set_state(sub, state)
+        current = vars(sub)
+        for key in current.keys() - attributes.keys():
+            del current[key]
+        current.update(attributes)
 
 
 def _erase_after(graph: fx.Graph, mark: fx.Node | None) -> None:
@@ -419,7 +436,7 @@ def _erase_after(graph: fx.Graph, mark: fx.Node | None) -> None:
 def capture(model: nn.Module, example_input: Any, *, leaf: Callable[[nn.Module], bool] | None = None,
             after: dict[str, str] | None = None,
             record: Callable[[nn.Module], bool] | None = None) -> CaptureResult:
-    """Trace ``model`` on ``example_input`` (no copy is made; state and modes are restored).
+    """Trace ``model`` on ``example_input`` (no copy is made; modes and the attributes forward writes are restored).
 
     Runs in eval mode without gradients (BatchNorm statistics do not move), from reset
     neuron state, and leaves every neuron reset. Dead shape queries and comparisons
@@ -455,13 +472,17 @@ def capture(model: nn.Module, example_input: Any, *, leaf: Callable[[nn.Module],
     concrete_args = {p.name: p.default for p in params if p.name not in inputs
                      and p.default is not inspect.Parameter.empty}
     tracer = ConcreteTracer(inputs, leaf, after, record)
-    modes = {m: m.training for m in model.modules()}
-    attributes = set(vars(model))
+    saved = _snapshot(model)  # modes and attributes: what forward writes while traced holds proxies
     model.eval()
     reset_state(model)
     try:
         with torch.no_grad(), _traced_factories(tracer):
             graph = tracer.trace(model, concrete_args=concrete_args or None)
+        _drop_dead_queries(graph)
+        # Before the restore: fx parks the tensors forward creates (Norse's torch.as_tensor(alpha)) on
+        # the root as `_tensor_constant<i>`; they belong to the graph (copied into gm), not to the
+        # user's model, and left there they would renumber the next capture's (another fingerprint).
+        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     except UnsupportedPatternError:
         raise
     except Exception as e:
@@ -470,16 +491,8 @@ def capture(model: nn.Module, example_input: Any, *, leaf: Callable[[nn.Module],
             f"the model could not be captured ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
             "Report this network: its forward uses a construct even real-valued tracing cannot follow") from e
     finally:
-        for m, training in modes.items():
-            m.training = training
+        _restore(saved)
         reset_state(model)
-    _drop_dead_queries(graph)
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    for name in {n for n in vars(model) if n.startswith("_tensor_constant")} - attributes:
-        # fx parks the tensors forward creates (Norse's torch.as_tensor(alpha)) on the root as
-        # `_tensor_constant<i>`: they belong to the graph (copied into gm), not to the user's model,
-        # and left there they would renumber the next capture's (a different deploy fingerprint).
-        delattr(model, name)
     for node in gm.graph.nodes:
         node.meta.pop(CONCRETE, None)
     for adapter in adapters():  # neurons that take their state as an argument read the one given

@@ -27,7 +27,7 @@ from .ops import OpKind, classify
 from .frameworks import framework_of, invalidate, neuron_adapter, reset, step_mode
 from .layout import sequence_layout
 from .neurons import is_neuron, is_ternary, ternary_problem, to_ternary
-from .recognise import is_spiking_module, spike_output_problem
+from .recognise import amplitude_problem, is_spiking_module, spike_output_problem
 from .recurrent import internal_synapse_problem
 from .report import ConversionReport, ConvertedNeuron, SkippedNeuron, set_record
 from .spiking import AmplitudeNeuron, attach_amplitude, base_class
@@ -196,6 +196,10 @@ def _plan(result: CaptureResult, config: SpikeConfig, default: SpikeSpec, device
         if (problem := internal_synapse_problem(module, amp.full().detach())) is not None:
             _skip_or_raise(report, target, module, rule, problem)
             continue
+        if spec.spike == "real" or is_ternary(module):  # else swapped for the framework's own ternary neuron
+            if (problem := amplitude_problem(module, amp, result.samples[target])) is not None:
+                _skip_or_raise(report, target, module, rule, problem)
+                continue
         sel = _Selected(target, spec, rule, amp)
         sel.amp_target, sel.amp_nodes = insert_amplitude(gm, nodes, amp, target)
         selected.append(sel)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from .errors import UnsupportedPatternError
-from .frameworks import adapters, is_neuron, is_ternary, neuron_adapter
+from .frameworks import adapters, is_neuron, is_spiking_module, is_ternary, neuron_adapter
 from .frameworks import step_mode as neuron_step_mode
 
 __all__ = [
@@ -47,6 +47,7 @@ def step_mode_of(model: nn.Module) -> str:
     neurons = {name: m for name, m in model.named_modules() if is_neuron(m)}
     modes = {name: neuron_step_mode(m) for name, m in neurons.items()}
     if not modes:
+        _refuse_unsupported_spiking(model)
         raise UnsupportedPatternError(type(model).__name__, "the model has no spiking neurons",
                                       f"Export networks of {', '.join(a.name for a in adapters())} neurons "
                                       "(or models from sj_realspike.fold)")
@@ -57,3 +58,18 @@ def step_mode_of(model: nn.Module) -> str:
             single[0], f"neurons run in both step modes (single-step: {', '.join(single)}, …)",
             "Use one step mode for the whole network" + (f": {switch} before convert_model" if switch else ""))
     return next(iter(modes.values()))
+
+
+def _refuse_unsupported_spiking(model: nn.Module) -> None:
+    """Refuse a model whose spiking modules are all of types sj_realspike does not support, naming the first.
+
+    Such a model does fire (convert's report lists each module as staying binary), so
+    "no spiking neurons" would be untrue: what it lacks is a neuron that has an export lowering.
+    """
+    spiking = [(name, m) for name, m in model.named_modules() if is_spiking_module(m)]
+    if spiking:
+        name, m = spiking[0]
+        raise UnsupportedPatternError(
+            name, f"none of the model's {len(spiking)} spiking module(s) is a neuron sj_realspike supports, so none "
+                  f"has an export lowering: {neuron_adapter(m).not_neuron_reason(m)}",
+            "Use a supported neuron type (the conversion report lists each skipped neuron and why)")

@@ -21,17 +21,20 @@ out of the check, since convert moves it into the amplitude.
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from .amplitude import Amplitude
 from .frameworks import is_spiking_module, neuron_adapter
 from .frameworks import reset as reset_state
 from .neurons import is_ternary
+from .spiking import attach_amplitude
 from .state import detached_state_memo
 
-__all__ = ["is_spiking_module", "spike_output_problem"]
+__all__ = ["amplitude_problem", "is_spiking_module", "spike_output_problem"]
 
 _SHOWN_VALUES = 8  # more distinct values than this: analog output, not (graded) spikes
 
@@ -56,9 +59,13 @@ def spike_output_problem(m: nn.Module, sample: torch.Tensor, *, ternary: bool | 
         ``None``, or one line naming the class and what it emits instead, e.g.
         ``"ILIFNode emits values {0, 1, 2, 3} (spike counts), not binary spikes"``.
         An exception while running it becomes ``"<class>: running it on its input failed
-        (<mode>, <error>)"``.
+        (<mode>, <error>)"``; a ``forward`` that requires more arguments than the input
+        (``forward(x, mem)``) is named as such, without running it.
     """
     name = type(m).__name__
+    if (unbound := _unbound_call(m, sample)) is not None:
+        return (f"{name}: its forward cannot be called with its input alone ({unbound}), and the check has "
+                "only that input, so whether it emits spikes cannot be checked")
     ternary = is_ternary(m) if ternary is None else ternary
     problems: dict[str, tuple[str, str] | None] = {}
     for mode in ("training", "eval"):
@@ -75,6 +82,48 @@ def spike_output_problem(m: nn.Module, sample: torch.Tensor, *, ternary: bool | 
         return f"{name} {train[0]}{train[1]}"
     mode, (what, expected) = ("training", train) if train is not None else ("eval", eval_)
     return f"{name} {what} in {mode} mode{expected}"
+
+
+def amplitude_problem(m: nn.Module, amplitude: Amplitude, sample: torch.Tensor) -> str | None:
+    """Why ``m`` would not scale its spikes by ``amplitude`` once converted (``None``: it does, or no spike tells).
+
+    The framework applies the amplitude where its neurons make their spikes (snnTorch's
+    ``fire``); a subclass whose own ``forward`` makes them elsewhere (snnTorch's
+    ``DeltaLeaky``) would keep emitting binary spikes while fold scales the synapse after it.
+    A copy carrying the amplitude at 2 must emit twice the spikes of a plain copy, on
+    ``sample`` or 8× it (the first on which ``m`` fires).
+    """
+    trial = copy.deepcopy(m, detached_state_memo(m))
+    doubled = copy.deepcopy(amplitude)
+    with torch.no_grad():
+        doubled.a.fill_(2.0)
+    attach_amplitude(trial, doubled)
+    for x in (sample, sample * 8):
+        spikes = _run_copy(m, x, training=False)
+        if not isinstance(spikes, torch.Tensor) or not spikes.any():
+            continue
+        scaled = _run_copy(trial, x, training=False)
+        if isinstance(scaled, torch.Tensor) and torch.equal(scaled, spikes * 2):
+            return None
+        return (f"{type(m).__name__}'s forward does not apply the amplitude where {neuron_adapter(m).name} neurons "
+                "make their spikes (a subclass that makes them itself), so its spikes would stay binary")
+    return None
+
+
+def _unbound_call(m: nn.Module, sample: torch.Tensor) -> str | None:
+    """Why ``m(sample)`` does not match ``m``'s ``forward`` signature (``None``: it does, or there is none to read).
+
+    A neuron whose ``forward`` requires its state (``forward(x, mem)``, called ``m(x, mem)``
+    by the user's network) fails here because of the check's call, not of the user's input:
+    the reason says so instead of reporting the ``TypeError`` of running it.
+    """
+    try:
+        inspect.signature(m.forward).bind(sample)
+    except TypeError as e:
+        return str(e)
+    except ValueError:  # no signature to read (a builtin): running it tells
+        return None
+    return None
 
 
 def _run_copy(m: nn.Module, sample: torch.Tensor, *, training: bool) -> Any:

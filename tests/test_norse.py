@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from norse.torch import (LI, LIF, LIBoxCell, LICell, LIFBoxCell, LIFCell, LIFParameters, LIFRecurrent,
-                         LIFRecurrentCell, LILinearCell, LIParameters, LSNNCell, LSNNRecurrentCell, SequentialState)
+from norse.torch import (LI, LIF, IAFCell, LIBoxCell, LICell, LIFBoxCell, LIFCell, LIFParameters, LIFRecurrent,
+                         LIFRecurrentCell, LIFRefracCell, LILinearCell, LIParameters, LSNNCell, LSNNRecurrentCell,
+                         RegularizationCell, SequentialState)
 from norse.torch.module.encode import ConstantCurrentLIFEncoder
 
 import sj_realspike as rs
@@ -332,3 +333,42 @@ def test_nir_export_maps_read_outs_and_refuses_what_nir_cannot_hold():
     recurrent = rs.fold(rs.convert_model(SequentialState(LIFRecurrentCell(12, 8), nn.Linear(8, 4)), x))
     with pytest.raises(rs.UnsupportedPatternError, match="recurrent weights live inside the neuron"):
         export_nir(recurrent, None, x)
+
+
+class _Regularized(nn.Module):
+    """Norse's ``RegularizationCell`` as its docstring shows it: it keeps its running total on ``self.state``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.lif, self.reg, self.fc2 = nn.Linear(10, 16), LIFCell(), RegularizationCell(), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s, outs = None, []
+        for t in range(x.shape[0]):
+            z, s = self.lif(self.fc1(x[t]), s)
+            z, _ = self.reg(z, s)
+            outs.append(self.fc2(z))
+        return torch.stack(outs)
+
+
+def test_capture_leaves_no_tracing_object_in_a_cells_state_attribute():
+    torch.manual_seed(0)
+    net, x = _Regularized(), torch.rand(3, 2, 10) * 8
+    expected = net(x)
+    model = rs.convert_model(net, x)
+    assert type(model.reg.state) is torch.Tensor
+    assert rs.conversion_report(model).total == 1
+    assert torch.equal(model(x), expected)  # a traced value left in reg.state: RecursionError
+    assert torch.equal(rs.fold(model)(x), expected)
+
+
+@pytest.mark.parametrize("cell", [LIFRefracCell, IAFCell])
+def test_export_of_a_net_whose_only_neuron_is_unsupported_names_it(cell, tmp_path):
+    net = SequentialState(nn.Linear(10, 16), cell(), nn.Linear(16, 4))
+    x = norse_nets.image(3, 2, 10) * 8
+    model = rs.convert_model(net, x[0])
+    assert [s.module for s in rs.conversion_report(model).skipped] == ["1"]
+    with pytest.raises(rs.UnsupportedPatternError, match=rf"node '1': none of the model's 1 spiking module\(s\) is a "
+                       rf"neuron sj_realspike supports, so none has an export lowering: {cell.__name__} is a Norse"):
+        rs.export_onnx(rs.fold(model), tmp_path / "m.onnx", x)
+    assert not (tmp_path / "m.onnx").exists()

@@ -464,3 +464,78 @@ def test_an_output_neurons_graded_spikes_are_its_read_out_not_an_unfolded_amplit
     rs.export_onnx(rs.fold(model), tmp_path / "m.onnx", x)
     result = rs.verify(model, tmp_path / "m.onnx", x)
     assert result.violations == [] and result.bit_identical, str(result)
+
+
+class _DeltaNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.d1 = nn.Linear(8, 16), snn.DeltaLeaky(beta=0.5, delta_threshold=0.5, init_hidden=True)
+        self.fc2, self.lif2 = nn.Linear(16, 4), snn.Leaky(beta=0.5, init_hidden=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spk, _ = self.d1(self.fc1(x))  # DeltaLeaky returns (spk, (mem, mem_prev)) even with init_hidden
+        return self.lif2(self.fc2(spk))
+
+
+def test_reset_is_each_neurons_own_so_a_subclass_keeps_running():
+    """``DeltaLeaky`` (snnTorch's own ``Leaky`` subclass) resets its state to ``None`` and tests for it:
+    the empty tensor a ``Leaky`` resets to broke its next step."""
+    torch.manual_seed(0)
+    x, net = nets.vectors(), _DeltaNet()
+    fresh = copy_model(net)
+    model = rs.convert_model(net, x[0])
+    assert model.d1.mem is None and model.lif2.mem.numel() == 0
+    with torch.no_grad():
+        for t in range(x.shape[0]):
+            assert torch.equal(model(x[t]), fresh(x[t]))
+    reset(model)
+    assert model.d1.mem is None and model.lif2.mem.numel() == 0
+
+
+def test_a_subclass_that_makes_its_spikes_itself_is_skipped_not_folded_wrong():
+    """``DeltaLeaky``'s own forward never calls ``fire``, where snnTorch neurons carry the amplitude: converted,
+    it kept emitting binary spikes while fold scaled the Linear after it (deploy 0.79 off the trained model)."""
+    torch.manual_seed(0)
+    x = nets.vectors()
+    report = rs.conversion_report(rs.convert_model(_DeltaNet(), x[0]))
+    assert {s.module: s.reason for s in report.skipped}["d1"] == (
+        "DeltaLeaky's forward does not apply the amplitude where snntorch neurons make their spikes (a subclass "
+        "that makes them itself), so its spikes would stay binary")
+    assert not report.converted
+
+
+class _ExplicitIF(snn.SpikingNeuron):
+    """A user's IF neuron on ``SpikingNeuron`` whose state is a required argument: ``forward(x, mem)``."""
+
+    def forward(self, x: torch.Tensor, mem: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mem = mem + x
+        spk = self.fire(mem)
+        return spk, mem - spk.detach() * self.threshold
+
+
+class _ExplicitIFNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.n1 = nn.Linear(8, 16), _ExplicitIF()
+        self.fc2, self.n2, self.fc3 = nn.Linear(16, 16), snn.Leaky(beta=0.5), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mem1, mem2, out = torch.zeros(x.shape[1], 16), self.n2.init_leaky(), []
+        for t in range(x.shape[0]):
+            spk1, mem1 = self.n1(self.fc1(x[t]), mem1)
+            spk2, mem2 = self.n2(self.fc2(spk1), mem2)
+            out.append(self.fc3(spk2))
+        return torch.stack(out)
+
+
+def test_a_neuron_whose_forward_requires_its_state_is_skipped_for_that_reason():
+    # The check calls the neuron on its input alone; the net calls it with (x, mem): no TypeError of "its input".
+    torch.manual_seed(0)
+    model = rs.convert_model(_ExplicitIFNet(), nets.vectors())
+    report = rs.conversion_report(model)
+    assert [c.module for c in report.converted] == ["n2"]
+    (skipped,) = report.skipped
+    assert skipped.module == "n1"
+    assert re.fullmatch(r"_ExplicitIF: its forward cannot be called with its input alone \(missing a required "
+                        r"argument: 'mem'\), and the check has only that input, so whether it emits spikes cannot be "
+                        r"checked", skipped.reason), skipped.reason

@@ -211,3 +211,31 @@ def test_hand_written_neuron_keeps_its_autograd_function_whole() -> None:
     applies = [n for n in result.gm.graph.nodes if n.op == "call_function" and n.target.__name__ == "_SpikeAct_apply"]
     assert result.opaque == [] and len(applies) == 3 * x.shape[0]  # three neurons, T steps each
     assert not any(n.op == "call_method" and n.target == "gt" for n in result.gm.graph.nodes)
+
+
+class _KeepsLast(nn.Module):
+    """A user's block that keeps what it computed (``self.last = y``) and counts its calls, in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 4)
+        self.last: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)
+        self.last = y.detach()
+        self.calls = getattr(self, "calls", 0) + 1
+        return y
+
+
+def test_capture_restores_the_attributes_forward_writes() -> None:
+    """Traced through, ``self.last = y`` stores a tracing proxy: capture must put the user's value back."""
+    torch.manual_seed(0)
+    net, x = nn.Sequential(_KeepsLast(), nn.ReLU()), torch.rand(3, 6)
+    expected = net(x)
+    last = net[0].last
+    del net[0].calls  # an attribute forward adds is removed again, not left with a traced value
+    result = capture(net, x)
+    assert net[0].last is last and not hasattr(net[0], "calls")
+    assert torch.equal(result.gm(x), expected) and torch.equal(net(x), expected)
+    assert capture(net, x).gm.code == result.gm.code  # a second capture sees the same model

@@ -12,8 +12,9 @@ SpikingJelly network. What this adapter knows about them, measured on snntorch 1
 * **Capture.** ``forward`` branches on ``self.mem.shape == input_.shape``: every
   ``SpikingNeuron`` is a leaf.
 * **State** is the neuron's non-persistent buffers (``mem``, ``syn``, ``spk``, …): reset here
-  gives them size 0, which snnTorch's own ``forward`` re-creates as zeros of the input's
-  shape. (``snntorch.utils.reset`` resets only direct children, and ``reset_hidden`` a
+  is each neuron's own ``reset_mem`` (a subclass's too: ``DeltaLeaky``'s is ``None``), with
+  the zeros it makes given size 0, which snnTorch's own ``forward`` re-creates as zeros of the
+  input's shape. (``snntorch.utils.reset`` resets only direct children, and ``reset_hidden`` a
   class-level instance list that copies of a model are not in.)
 * **Amplitudes** scale the spikes in ``fire``, exactly where snnTorch applies
   ``graded_spikes_factor``: what the neuron returns and what an ``RLeaky`` feeds back to
@@ -182,11 +183,24 @@ class SnnTorchAdapter(FrameworkAdapter):
     def reset(self, model: nn.Module) -> None:
         for m in model.modules():
             if isinstance(m, SpikingNeuron):
-                for key, value in self.state(m).items():
-                    # size 0: snnTorch's forward makes zeros of the input's shape, dtype and device
-                    setattr(m, key, torch.zeros(0, device=value.device))
+                self._reset_neuron(m)
             elif isinstance(m, LoweredSnnTorchNeuron):
                 m.reset()
+
+    def _reset_neuron(self, m: SpikingNeuron) -> None:
+        """snnTorch's own reset of ``m`` (``reset_mem``), with the zero tensors it makes emptied.
+
+        ``reset_mem`` is what subclasses override (``DeltaLeaky`` expects ``None``, not a
+        tensor, and breaks on an empty one). A zero state of the last batch's shape becomes
+        size 0, the state snnTorch's ``_init_mem`` starts from: its ``forward`` makes zeros of
+        the input's shape from either, and an empty state holds no value (passing it is not a
+        state read, and no batch size is baked into a captured graph).
+        """
+        if callable(getattr(m, "reset_mem", None)):
+            m.reset_mem()
+        for key, value in self.state(m).items():
+            if not value.any():
+                setattr(m, key, torch.zeros(0, device=value.device))
 
     def state(self, m: nn.Module) -> dict[str, Any]:
         if not isinstance(m, SpikingNeuron):
