@@ -6,18 +6,23 @@ A *spike tensor* is a float value produced inside a neuron module and read outsi
 it: the neuron's output. From each one, `static_violations` walks the graph forward
 until the spikes reach a synapse (``Conv``, ``MatMul``, ``Gemm``, or an op of a
 `DiagonalSynapse`/`UnsharedConv2d` module, lowered or not), a neuron's membrane or
-the graph output; any op on the way that scales values (``Mul``/``Div``/``Neg``, a
-normalization) is a violation: a spike amplitude that was not folded. A product of
-two spike tensors (SEW ``AND``) is still a spike and passes.
+the graph output; any op on the way that scales values by the weights alone
+(``Mul``/``Div`` by a constant, ``BatchNormalization``) is a violation: a spike
+amplitude that was not folded. A product of two spike tensors (SEW ``AND``) is still
+a spike and passes, as does a factor of −1, 0 or 1 (``Neg``, a mask: no magnitude).
+Where the spikes are normalized by their own statistics (``LayerNorm``, ``GroupNorm``,
+RMSNorm's ``x / rms(x)``) or multiplied by a gate computed from the data, they are no
+longer spikes, and the walk ends there; their shape (``Shape``) is no value at all.
 """
 
 from __future__ import annotations
 
 import ast
-import importlib
+import sys
 from dataclasses import dataclass
 from functools import cache
 
+import numpy as np
 import onnx
 
 from .frameworks import neuron_types, synapse_types, ternary_types
@@ -50,8 +55,14 @@ def _synapse_classes() -> tuple[type, ...]:
 
 _SYNAPSE_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MatMul", "MatMulInteger", "QLinearMatMul",
                 "Gemm", "Einsum"}
-_SCALING_OPS = {"Mul", "Div", "Neg", "Reciprocal", "BatchNormalization", "InstanceNormalization",
-                "LayerNormalization", "GroupNormalization", "LpNormalization", "MeanVarianceNormalization"}
+# Ops that multiply their first input by their others: by constants only, an amplitude. (``Neg`` is a factor −1,
+# a sign and no magnitude; ``Reciprocal`` is 1/x, no factor at all.)
+_SCALING_OPS = {"Mul", "Div", "BatchNormalization"}
+# Normalizations by the statistics of their own input: the factor 1/σ(x) is computed from the data (a constant
+# amplitude a > 0 before a LayerNorm even cancels out), so their outputs are normalized activations, not spikes.
+_DATA_NORMS = {"InstanceNormalization", "LayerNormalization", "GroupNormalization", "LpNormalization",
+               "MeanVarianceNormalization"}
+_SHAPE_OPS = {"Shape", "Size"}  # read their input's shape, never its values
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 _STATE_OUT = "state_out."  # a stream graph's next membranes (sj_realspike.stream.STATE_OUT)
 
@@ -92,20 +103,31 @@ class _Scope:
 
 @cache
 def _resolve(qualname: str) -> type | None:
-    module, _, name = qualname.rpartition(".")
-    try:
-        obj = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
-    return obj if isinstance(obj, type) else None
+    """The class ``qualname`` names among the modules already imported (``None``: no such class).
+
+    Never imports and never calls a module's ``__getattr__``: the names come from the ONNX file
+    under check, and importing a module runs its code. The classes of a model in memory are
+    imported already.
+    """
+    parts = qualname.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        obj = sys.modules.get(".".join(parts[:i]))
+        for name in parts[i:] if obj is not None else ():
+            obj = vars(obj).get(name) if hasattr(obj, "__dict__") else None
+        if isinstance(obj, type):
+            return obj
+    return None
+
+
+_MAX_SCOPE_CHARS = 1 << 16  # far more than any module path list; a longer value is not the exporter's
 
 
 def _scope(node: onnx.NodeProto) -> _Scope:
-    props = {p.key: p.value for p in node.metadata_props}
+    props = {p.key: p.value for p in node.metadata_props if len(p.value) <= _MAX_SCOPE_CHARS}
     try:
         paths = ast.literal_eval(props.get(_SCOPES, "[]"))
         classes = ast.literal_eval(props.get(_CLASSES, "[]"))
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         paths, classes = [], []
     # Both lists end with the op itself; the entries before it are the enclosing modules.
     modules = [(p, c) for p, c in zip(paths[:-1], classes[:-1], strict=False) if p]  # "" is the exporter's root wrapper
@@ -139,8 +161,8 @@ def _constant_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def _float_values(model: onnx.ModelProto) -> set[str]:
-    """Float-typed values, by shape inference on a weightless copy stripped of ``value_info``.
+def _value_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every value, by shape inference on a weightless copy stripped of ``value_info``.
 
     The stored ``value_info`` is ignored (it changes nothing the model computes, and an
     edited one must not hide a value's type); constants are typed by their own tensors.
@@ -149,10 +171,14 @@ def _float_values(model: onnx.ModelProto) -> set[str]:
     del bare.graph.value_info[:]
     inferred = onnx.shape_inference.infer_shapes(bare)
     infos = [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
-    floats = {v.name for v in infos if v.type.tensor_type.elem_type in _FLOAT_TYPES}
-    for name, elem in _constant_types(model).items():
-        (floats.add if elem in _FLOAT_TYPES else floats.discard)(name)
-    return floats
+    types = {v.name: v.type.tensor_type.elem_type for v in infos}
+    types.update(_constant_types(model))
+    return types
+
+
+def _float_values(model: onnx.ModelProto) -> set[str]:
+    """Float-typed values (`_value_types`)."""
+    return {name for name, elem in _value_types(model).items() if elem in _FLOAT_TYPES}
 
 
 def _scopes(model: onnx.ModelProto) -> list[_Scope]:
@@ -177,14 +203,20 @@ def spike_tensors(model: onnx.ModelProto) -> list[SpikeTensor]:
     """Every neuron output in ``model`` (float values crossing a neuron module's boundary).
 
     A stream graph's next membranes (outputs ``state_out.<neuron>``) leave their neuron
-    only to be fed back: they are state, not spikes.
+    only to be fed back: they are state, not spikes. So do a neuron's membrane, current
+    and recorded traces where the module returns them next to its spikes (Norse's
+    ``(z, state)``, snnTorch's ``(spk, mem)``, ``record_states=True``): where a neuron
+    hands on values computed from threshold comparisons alone (`_analog_values`: its
+    spikes) and others that carry the input's magnitude, only the former are spikes.
+    A neuron with no threshold output (graded or integer spikes) keeps all of them.
 
     Raises:
         ValueError: the graph carries no module scopes (not from ``torch.onnx.export(dynamo=True)``).
     """
     nodes = list(model.graph.node)
     scopes = _scopes(model)
-    floats = _float_values(model)
+    types = _value_types(model)
+    floats = {name for name, elem in types.items() if elem in _FLOAT_TYPES}
     producer = {out: i for i, n in enumerate(nodes) for out in n.output}
     readers: dict[str, list[int | None]] = {}
     for i, n in enumerate(nodes):
@@ -202,7 +234,29 @@ def spike_tensors(model: onnx.ModelProto) -> list[SpikeTensor]:
             resolved = _resolve(owner[1])
             kind = "ternary" if resolved is not None and issubclass(resolved, _ternary_classes()) else "binary"
             found.append(SpikeTensor(owner[0], value, kind, owner[1]))
-    return found
+    return _without_state(found, _analog_values(model, types))
+
+
+def _without_state(found: list[SpikeTensor], analog: set[str]) -> list[SpikeTensor]:
+    """``found`` less the analog outputs of each neuron that also has a threshold output (its state)."""
+    thresholded = {s.neuron for s in found if s.value not in analog}
+    return [s for s in found if s.neuron not in thresholded or s.value not in analog]
+
+
+def _analog_values(model: onnx.ModelProto, types: dict[str, int]) -> set[str]:
+    """Values that carry the magnitude of the graph's inputs (membranes, currents, their traces).
+
+    The inputs are analog, and so is every output of an op that reads an analog value,
+    except a boolean (a threshold comparison keeps only its outcome: ``[h > θ]`` cast to
+    float, and what stacks, reshapes or scales it, is a function of comparisons and
+    weights alone) and a shape. Nodes are in topological order: one pass.
+    """
+    analog = {v.name for v in model.graph.input} - {t.name for t in model.graph.initializer}  # IR < 4 lists weights
+    for node in model.graph.node:
+        if node.op_type in _SHAPE_OPS or not any(v in analog for v in node.input):
+            continue
+        analog.update(out for out in node.output if types.get(out) != onnx.TensorProto.BOOL)
+    return analog
 
 
 def static_violations(model: onnx.ModelProto, spikes: list[SpikeTensor] | None = None) -> list[Violation]:
@@ -222,7 +276,8 @@ def static_violations(model: onnx.ModelProto, spikes: list[SpikeTensor] | None =
     for i, n in enumerate(nodes):
         for name in n.input:
             readers.setdefault(name, []).append(i)
-    logic = _spike_logic(model, {s.value for s in spikes})
+    units = _unit_constants(model)
+    logic = _spike_logic(model, {s.value for s in spikes}, units)
     producer = {out: i for i, n in enumerate(nodes) for out in n.output}
     constants = {t.name for t in model.graph.initializer} | {o for n in nodes if n.op_type == "Constant" for o in n.output}
     static = _static_values(model)
@@ -230,7 +285,7 @@ def static_violations(model: onnx.ModelProto, spikes: list[SpikeTensor] | None =
     for s in spikes:
         i = producer.get(s.value)
         start = None
-        if i is not None and nodes[i].op_type in _SCALING_OPS and set(nodes[i].input) & constants:
+        if i is not None and nodes[i].op_type in _SCALING_OPS and (set(nodes[i].input) & constants) - units:
             # The neuron's output itself is scaled by a constant: an amplitude attributed to the neuron module.
             start = Violation(s.neuron, nodes[i].name, nodes[i].op_type, scopes[i].path, scopes[i].cls)
         # A scaling op is a violation only if its result goes on into a synapse or a membrane:
@@ -245,17 +300,59 @@ def static_violations(model: onnx.ModelProto, spikes: list[SpikeTensor] | None =
                     continue
                 seen.add((i, pending))
                 node, scope = nodes[i], scopes[i]
+                if node.op_type in _SHAPE_OPS:
+                    continue  # it reads the shape, not the spikes: arithmetic on it (PixelUnshuffle's H / 2) is none
                 if scope.neuron is not None or scope.synapse or node.op_type in _SYNAPSE_OPS:
                     if pending is not None and pending not in violations:
                         violations.append(pending)  # scaled spikes arrived at a membrane or a synapse
                     continue
-                if pending is None and node.op_type in _SCALING_OPS and not set(node.output) <= logic \
-                        and all(v in static for v in node.input if v != value):
-                    # by weights only: an amplitude. A factor computed from the data (a gate, x · σ(f(x))) is
-                    # the architecture's own, which the vanilla network has as well.
-                    pending = Violation(s.neuron, node.name, node.op_type, scope.path, scope.cls)
+                if pending is None and not set(node.output) <= logic:
+                    if _ends_spikes(node, value, static):
+                        continue  # normalized or gated: an activation, no longer spikes (a scaled one walks on)
+                    if _scales_by_weights(node, value, static, units):
+                        pending = Violation(s.neuron, node.name, node.op_type, scope.path, scope.cls)
                 frontier.extend((out, pending) for out in node.output)
     return violations
+
+
+def _scales_by_weights(node: onnx.NodeProto, value: str, static: set[str], units: set[str]) -> bool:
+    """Whether ``node`` multiplies ``value`` by a factor of the weights alone that has a magnitude: an amplitude.
+
+    ``Mul`` by constants that are all −1, 0 or 1 (a sign, a mask, ``b[:1] · 0``) keeps
+    ``|s| ≤ 1`` and is none; ``Div`` scales its dividend only (``c / x`` is no factor of
+    ``x``), ``BatchNormalization`` its first input.
+    """
+    if node.op_type == "Mul":
+        factors = [v for v in node.input if v and v != value]
+        return all(v in static for v in factors) and not all(v in units for v in factors)
+    return node.op_type in _SCALING_OPS and node.input[0] == value \
+        and all(v in static for v in node.input[1:] if v)
+
+
+def _ends_spikes(node: onnx.NodeProto, value: str, static: set[str]) -> bool:
+    """Whether ``node`` turns the spikes in ``value`` into an activation that is no longer spikes.
+
+    A normalization by their own statistics (``LayerNorm``: ``(s − μ(s)) / σ(s) · γ + β``),
+    a product or quotient with a factor computed from the data (a gate ``s · σ(f(s))``,
+    RMSNorm's ``s / rms(s)``), a reciprocal: none is a constant factor, and a weight after
+    one (the norm's ``γ``) scales the activation, not spikes. An amplitude applied before
+    one still walks on through it (see `static_violations`).
+    """
+    if node.op_type in _DATA_NORMS or node.op_type == "Reciprocal":
+        return True
+    if node.op_type == "Mul":
+        return any(v not in static for v in node.input if v and v != value)
+    return node.op_type == "Div" and (node.input[0] != value or node.input[1] not in static)
+
+
+def _unit_constants(model: onnx.ModelProto) -> set[str]:
+    """Float constants read by a ``Mul`` whose every element is −1, 0 or 1: factors without a magnitude."""
+    multiplied = {v for n in model.graph.node if n.op_type == "Mul" for v in n.input}
+    tensors = {t.name: t for t in model.graph.initializer if t.name in multiplied}
+    tensors.update((out, n.attribute[0].t) for n in model.graph.node if n.op_type == "Constant" and n.attribute
+                   and n.attribute[0].type == onnx.AttributeProto.TENSOR for out in n.output if out in multiplied)
+    return {name for name, t in tensors.items()
+            if t.data_type in _FLOAT_TYPES and _is_unit(onnx.numpy_helper.to_array(t))}
 
 
 def _static_values(model: onnx.ModelProto) -> set[str]:
@@ -269,17 +366,18 @@ def _static_values(model: onnx.ModelProto) -> set[str]:
 
 
 _STRUCTURAL_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Split", "Concat", "Gather",
-                   "Expand", "Tile", "Identity", "MaxPool", "Max", "Min", "Mul"}
+                   "Expand", "Tile", "Identity", "MaxPool", "Max", "Min", "Mul", "Neg"}
 
 
-def _spike_logic(model: onnx.ModelProto, spike_values: set[str]) -> set[str]:
+def _spike_logic(model: onnx.ModelProto, spike_values: set[str], units: set[str]) -> set[str]:
     """Values that are still spikes: moved (reshape, slice, max-pool…) or combined by logic.
 
-    ``a · b`` of two spike values is AND, ``1 − a`` is NOT (SEW ``IAND``): the results are
-    spikes again, so a ``Mul`` producing one is not an amplitude. Every initializer and
-    ``Constant`` output is a non-spike operand (a float constant among an op's data
-    inputs makes its result a non-spike, e.g. ``Mul(s, 0.75)``), except the exact
-    scalar 1 (``1 − s``, ``s · 1``); integer constants (shapes, indices, axes) are not
+    ``a · b`` of two spike values is AND, ``1 − a`` is NOT (SEW ``IAND``), ``−a`` and ``a``
+    times a constant of −1, 0 and 1 (``units``: a sign, a mask, ``a[:1] · 0``) stay in {−1, 0, 1}:
+    the results are spikes again, so a ``Mul`` producing one is not an amplitude. Every
+    other initializer and ``Constant`` output is a non-spike operand (a float constant
+    among an op's data inputs makes its result a non-spike, e.g. ``Mul(s, 0.75)``), but
+    the exact scalar 1 of ``1 − s``; integer constants (shapes, indices, axes) are not
     data. Nodes are in topological order (an ONNX requirement), so one pass suffices.
     """
     floats = _float_values(model)
@@ -299,9 +397,13 @@ def _spike_logic(model: onnx.ModelProto, spike_values: set[str]) -> set[str]:
             continue
         if node.op_type == "Sub" and len(node.input) == 2 and node.input[0] in ones and node.input[1] in logic:
             logic.update(node.output)
-        elif node.op_type in _STRUCTURAL_OPS and all(c in ones and node.op_type == "Mul" for c in constants):
+        elif node.op_type in _STRUCTURAL_OPS and all(c in units and node.op_type == "Mul" for c in constants):
             logic.update(node.output)
     return logic
+
+
+def _is_unit(array: np.ndarray) -> bool:
+    return bool(np.all((array == 0) | (np.abs(array) == 1)))
 
 
 def _is_one(array) -> bool:

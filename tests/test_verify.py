@@ -21,7 +21,7 @@ import sj_realspike as rs
 from sj_realspike.cli import main
 from sj_realspike.export import model_fingerprint
 from sj_realspike.purity import spike_tensors, static_violations
-from sj_realspike.testing import make_dyadic
+from sj_realspike.testing import dyadic_input, make_dyadic
 from sj_realspike.verify import DEFAULT_RTOL
 
 TESTS = Path(__file__).parent
@@ -380,3 +380,130 @@ def test_spikes_times_a_gate_from_the_data_are_the_architecture_not_an_amplitude
     result = rs.verify(model, tmp_path / "gate.onnx", x)
     assert result.violations == [] and result.pure and result.bit_identical, str(result)
     assert result.ok and str(result).startswith("PASS: ")
+
+
+# ------------------------------------------------------- ops on spikes that are no unfolded amplitude
+class _Between(torch.nn.Module):
+    """``fc1(mid(sn(fc0(x))))`` on ``[T, N, 4]``: ``mid`` is an op of the network's own on spikes."""
+
+    def __init__(self, mid: torch.nn.Module) -> None:
+        super().__init__()
+        self.fc0, self.sn = torch.nn.Linear(4, 8), neuron.LIFNode(tau=2.0, step_mode="m")
+        self.mid, self.fc1 = mid, torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc1(self.mid(self.sn(self.fc0(x))))
+
+
+class _Op(torch.nn.Module):
+    """A lambda as a module: ``f`` applied to the spikes."""
+
+    def __init__(self, f) -> None:
+        super().__init__()
+        self.f = f
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return self.f(s)
+
+
+class _GroupNorm(torch.nn.GroupNorm):
+    """GroupNorm on ``[T, N, C]`` spikes (ONNX: ``InstanceNormalization``, then ``γ``, ``β``)."""
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return super().forward(s.flatten(0, 1)).reshape(s.shape)
+
+
+def _verified(net: torch.nn.Module, x: torch.Tensor, path: Path) -> rs.VerifyReport:
+    model = rs.convert_model(net, x, spike="real", granularity="channel")
+    make_dyadic(model, x)
+    rs.export_onnx(rs.fold(model), path, x)
+    return rs.verify(model, path, x)
+
+
+def _static(net: torch.nn.Module, x: torch.Tensor, path: Path) -> list[tuple[str, str]]:
+    """``(neuron, op)`` of each violation in ``net``'s plain export (no convert, no fold: factors stay)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), (x,), path, dynamo=True, verbose=False)
+    return [(v.neuron, v.op_type) for v in static_violations(onnx.load(path))]
+
+
+_FEATURES = dyadic_input((4, 2, 4)) * 2  # [T, N, 4]
+
+NOT_AMPLITUDES = {
+    "layer_norm": torch.nn.LayerNorm(8),  # pre-norm spiking transformers: (s − μ) / σ · γ + β
+    "group_norm": _GroupNorm(2, 8),
+    "rms_norm": torch.nn.RMSNorm(8),  # exported as s · 1/√mean(s²) · γ
+    "temporal_shift": _Op(lambda s: torch.cat([s[:1] * 0, s[:-1]])),  # spikes of t − 1; none at t = 0
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_AMPLITUDES))
+def test_norms_signs_and_zeros_on_spikes_are_no_amplitude(name, tmp_path):
+    # Each FAILed: "<op> node ... scales the spikes of 'sn' before any synapse: an amplitude that was not folded".
+    mid = NOT_AMPLITUDES[name]
+    report = _verified(_Between(mid), _FEATURES, tmp_path / "m.onnx")
+    assert report.violations == [] and report.pure and report.ok, str(report)
+    assert str(report).startswith("PASS: ") and report.comparison("deploy", "onnx").max_rel < 1e-6
+    # onnxruntime's LayerNormalization/InstanceNormalization kernels round σ otherwise than torch: not bit for bit
+    assert report.bit_identical == (name not in ("layer_norm", "group_norm"))
+    # An amplitude left before the op still reaches fc1 through it.
+    scaled = _Between(_Op(lambda s: mid(s * 0.75)))
+    assert _static(scaled, _FEATURES, tmp_path / "scaled.onnx") == [("sn", "Mul")]
+
+
+def test_pixel_unshuffle_shape_arithmetic_is_no_amplitude(tmp_path):
+    # Div(Shape(spikes), 2): PixelUnshuffle's H / 2 computes a shape from the spikes, not a factor on them.
+    net = torch.nn.Sequential(layer.Conv2d(3, 4, 3, padding=1), neuron.LIFNode(tau=2.0),
+                              layer.SeqToANNContainer(torch.nn.PixelUnshuffle(2)), layer.Conv2d(16, 3, 1))
+    functional.set_step_mode(net, "m")
+    x = nets.example("m", size=8, T=4) * 4
+    report = _verified(net, x, tmp_path / "m.onnx")
+    assert any(n.op_type == "Div" for n in onnx.load(tmp_path / "m.onnx").graph.node)
+    assert report.violations == [] and report.ok and report.bit_identical, str(report)
+    scaled = _Op(lambda s: torch.nn.functional.pixel_unshuffle((s * 0.75).reshape(8, 2, 2, 2), 2).reshape(4, 2, 8))
+    assert _static(_Between(scaled), _FEATURES, tmp_path / "scaled.onnx") == [("sn", "Mul")]
+
+
+def test_factors_of_minus_one_zero_and_one_and_data_gates_are_no_amplitude(tmp_path):
+    """Only a factor of the weights alone with a magnitude (not in {−1, 0, 1}) is an amplitude."""
+    def violations(f) -> list[tuple[str, str]]:
+        return _static(_Between(_Op(f)), _FEATURES, tmp_path / "m.onnx")
+
+    gate = lambda s: torch.sigmoid(s.mean(-1, keepdim=True))  # noqa: E731
+    mask = torch.tensor([1.0, 0.0, -1.0, 1.0, 1.0, 1.0, 0.0, 1.0])
+    assert violations(torch.neg) == []  # −s (fold folds it into fc1; a graph may keep it): a sign, no magnitude
+    assert violations(lambda s: s * mask) == []
+    assert violations(lambda s: (s * gate(s)) * 0.5) == []  # 0.5 scales the gated activation, not spikes
+    assert violations(lambda s: s * torch.where(mask == 0, 0.5, mask)) == [("sn", "Mul")]
+    assert violations(lambda s: -s * 0.75) == [("sn", "Mul")]
+    assert violations(lambda s: -(s * 0.75)) == [("sn", "Mul")]
+    assert violations(lambda s: s * 0.75 * gate(s)) == [("sn", "Mul")]
+    assert violations(lambda s: s / 4) == [("sn", "Div")]
+
+
+def test_norse_recorded_states_are_not_read_as_spikes(tmp_path):
+    """LIF(record_states=True) returns (z, (v, i) over time): only z is the neuron's spikes, and it is still checked."""
+    norse = pytest.importorskip("norse.torch")
+    net = norse.SequentialState(norse.Lift(torch.nn.Linear(10, 16)), norse.LIF(record_states=True),
+                                norse.Lift(torch.nn.Linear(16, 4)))
+    x = torch.randint(0, 9, (3, 2, 10), generator=torch.Generator().manual_seed(0)).float() * 2
+    model = rs.convert_model(net, x)
+    make_dyadic(model, x)
+    path = tmp_path / "rec.onnx"
+    rs.export_onnx(rs.fold(model), path, x)
+    report = rs.verify(model, path, x)  # FAILed: "2 of 3 neurons emit non-spike values" (the v and i traces)
+    assert [(n.neuron, n.values, n.flip_rate) for n in report.neurons] == [("1", (0.0, 1.0), 0.0)]
+    assert report.ok and report.bit_identical, str(report)
+
+    def halve_spikes(proto: onnx.ModelProto) -> None:  # z · 0.5 in the neuron's scope, read in place of z
+        (z,) = [s.value for s in spike_tensors(proto)]
+        for node in proto.graph.node:
+            node.input[:] = [v if v != z else "halved" for v in node.input]
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array(0.5, np.float32), "half"))
+        after = next(i for i, n in enumerate(proto.graph.node) if z in n.output) + 1
+        proto.graph.node.insert(after, onnx.helper.make_node("Mul", [z, "half"], ["halved"]))
+
+    report = rs.verify(model, _edited(path, tmp_path / "halved.onnx", halve_spikes), x)
+    assert [(n.neuron, n.values, n.pure) for n in report.neurons] == [("1", (0.0, 0.5), False)]
+    assert "1 of 1 neurons emit non-spike values in the ONNX graph: 1 (0, 0.5)" in report.failures
