@@ -105,8 +105,8 @@ def lower_for_export(model: fx.GraphModule, example_input: torch.Tensor, *,
                     adapter.lowering_remedy(m))
             elif node.target not in kept:
                 kept.append(node.target)
-                logger.warning("neuron '%s' kept as SpikingJelly's %s (%s); exported through its own "
-                               "forward, which is correct but slower", node.target, type(m).__name__, reason)
+                logger.warning("neuron '%s' kept as %s's %s (%s); exported through its own forward, which is "
+                               "correct but slower", node.target, adapter.name, type(m).__name__, reason)
         elif isinstance(m, UnsharedConv2d):
             new = LoweredUnsharedConv2d(m)
         elif isinstance(m, DiagonalSynapse):

@@ -206,7 +206,7 @@ def test_multi_step_neuron_without_lowering_is_exported_through_its_own_forward(
     x = torch.rand(3, 2, 3, 8, 8) * 4
     with caplog.at_level(logging.WARNING):
         rs.export_onnx(net, tmp_path / "m.onnx", x)  # a plain network: folded first
-    assert "kept as SpikingJelly's QIFNode" in caplog.text
+    assert "kept as spikingjelly's QIFNode" in caplog.text
     report = rs.verify(net, tmp_path / "m.onnx", x)
     assert report.pure and report.spike_flip_rate is not None
     assert report.comparison("deploy", "onnx").max_rel < 1e-5
