@@ -26,6 +26,7 @@ from .frameworks import adapter_for, reset
 from .layout import input_layout_of
 from .lowering import lower_for_export
 from .neurons import step_mode_of
+from .provenance import remember_export
 from .neurons import is_neuron, is_ternary
 from .report import record_of
 from .state import copy_model
@@ -244,7 +245,9 @@ def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_i
     for key, value in metadata.items():
         proto.metadata_props.add(key=METADATA_PREFIX + key, value=value)
     _check(proto)
-    return atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))
+    written = atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))
+    remember_export(fingerprint, proto)  # verify then knows this graph without exporting it again
+    return written
 
 
 def _check_example(example_input: torch.Tensor) -> torch.Tensor:

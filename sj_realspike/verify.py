@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 import torch.nn as nn
 
-from .export import ANY_T, METADATA_PREFIX, as_deploy_model, model_fingerprint, spike_kinds
+from .errors import RealSpikeError
+from .export import ANY_T, METADATA_PREFIX, as_deploy_model, export_onnx, model_fingerprint, spike_kinds
 from .layout import input_layout_of, stack_steps
-from .frameworks import reset, run_steps, spikes_of
+from .frameworks import reset, run_steps, set_state, spikes_of, state_of
 from .neurons import step_mode_of
 from .neurons import is_neuron
+from .provenance import first_difference, was_exported
 from .purity import SpikeTensor, Violation, spike_tensors, static_violations
 from .report import format_table, record_of
 from .runtime import OnnxRunner
@@ -127,7 +132,7 @@ class VerifyReport:
         """Why the verdict is FAIL, one line each, most important first (empty: PASS).
 
         In order: the ONNX file is not this model's export (spike kind, ``T``, layout,
-        fingerprint); NaN/Inf in the weights, the ONNX initializers, the input, an output; no neuron fired; an output
+        fingerprint, the graph itself); NaN/Inf in the weights, the ONNX initializers, the input, an output; no neuron fired; an output
         outside ``rtol`` of the trained model's or a top-1 disagreement; non-spike values
         or unfolded amplitudes in the ONNX graph; neurons that never fired.
         """
@@ -270,7 +275,11 @@ def verify(model: nn.Module, onnx_path: str | os.PathLike[str], x: torch.Tensor 
     The verdict (``report.ok``; reasons in ``report.failures``) is PASS only if all hold:
 
     * the file is this model's export: its recorded spike kind, ``T``, layout and
-      fingerprint (`sj_realspike.export.model_fingerprint` of the deploy model) match;
+      fingerprint (`sj_realspike.export.model_fingerprint` of the deploy model) match, and
+      its graph is exactly what `export_onnx` writes for the model, node for node and
+      initializer for initializer, bit for bit (`sj_realspike.provenance`: remembered from
+      this process's export, else exported again on ``x``): an edited weight, an added op
+      or a relabelled neuron fails, however close its outputs;
     * no NaN/Inf in the deploy model's weights, the ONNX initializers, the input or any
       output (a NaN membrane never fires, so NaN can hide in a graph with finite outputs);
     * every output (deploy and ONNX) is within ``rtol`` of the trained model's
@@ -355,6 +364,9 @@ def verify(model: nn.Module, onnx_path: str | os.PathLike[str], x: torch.Tensor 
     report.fingerprint = model_fingerprint(deploy, time_steps, layout.name)
     report.provenance, report.file_fingerprint = _provenance(proto, deploy, report.fingerprint, time_steps,
                                                              layout.name)
+    if not report.provenance and not was_exported(report.fingerprint, proto):
+        if (difference := _export_difference(proto, deploy, x, stream)) is not None:
+            report.provenance.append(difference)
 
     spikes = spike_tensors(proto)
     report.violations = static_violations(proto, spikes)
@@ -426,6 +438,41 @@ def _provenance(proto: onnx.ModelProto, deploy: nn.Module, fingerprint: str, tim
     return problems, recorded
 
 
+def _export_difference(proto: onnx.ModelProto, deploy: nn.Module, x: torch.Tensor, stream: bool) -> str | None:
+    """How the file differs from exporting ``deploy`` again as it was exported (``None``: not at all).
+
+    The recorded fingerprint ties the file to the model's weights by a string anyone can
+    copy; the graph itself must be what `export_onnx` writes (`sj_realspike.provenance`),
+    with the file's opset, batch dim and mode, on the verification input.
+    """
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    dims = proto.graph.input[0].type.tensor_type.shape.dim if proto.graph.input else []
+    dynamic_batch = any(d.dim_param or not d.HasField("dim_value") for d in dims)
+    quiet = logging.getLogger("sj_realspike")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # what this export would log, the user's export said already
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            reference = onnx.load(export_onnx(deploy, Path(tmp) / "reference.onnx", x, opset=opset,
+                                              dynamic_batch=dynamic_batch, stream=stream))
+    except (RealSpikeError, ValueError) as e:
+        return f"the ONNX file could not be compared with this model's export, which fails here ({e})"
+    finally:
+        quiet.setLevel(level)
+    difference = first_difference(proto, reference)
+    if difference is None:
+        return None
+    made_by = {p.key: p.value for p in proto.metadata_props}.get(METADATA_PREFIX + "version")
+    from . import __version__  # at call time: the package sets it after importing this module
+
+    versions = [f"sj-realspike {made_by} (this is {__version__})" if made_by and made_by != __version__ else "",
+                f"torch {proto.producer_version} (this is {reference.producer_version})"
+                if proto.producer_version != reference.producer_version else ""]
+    note = "; it was exported with " + " and ".join(v for v in versions if v) + ": re-export it with this " \
+           "version to verify it" if any(versions) else ""
+    return f"the ONNX graph is not what export_onnx writes for this model: {difference}{note}"
+
+
 def _fires(spikes: list[torch.Tensor]) -> bool:
     return any(bool(t.count_nonzero()) for t in spikes)
 
@@ -446,8 +493,9 @@ def _count_nonfinite_array(a: np.ndarray) -> int:
 @torch.no_grad()
 def _run(model: nn.Module, x: torch.Tensor, steps: bool,
          record: dict[str, list[torch.Tensor]] | None = None) -> torch.Tensor:
-    """Eval-mode forward from reset state (stepped over ``T`` for single-step models), mode restored."""
+    """Eval-mode forward from reset state (stepped over ``T`` for single-step models); modes and state restored."""
     modes = {m: m.training for m in model.modules()}
+    states = {m: state for m in model.modules() if (state := state_of(m))}  # the user's membranes, mid-sequence
     hooks = []
     if record is not None:
         for name, m in model.named_modules():
@@ -464,6 +512,8 @@ def _run(model: nn.Module, x: torch.Tensor, steps: bool,
         y = stack_steps(run_steps(model, xd)) if steps else model(xd)
     finally:
         reset(model)
+        for m, state in states.items():
+            set_state(m, state)
         for h in hooks:
             h.remove()
         for m, training in modes.items():

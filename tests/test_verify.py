@@ -20,6 +20,8 @@ import nets
 import sj_realspike as rs
 from sj_realspike.cli import main
 from sj_realspike.export import model_fingerprint
+from sj_realspike import provenance
+from sj_realspike.provenance import remember_export
 from sj_realspike.purity import spike_tensors, static_violations
 from sj_realspike.testing import dyadic_input, make_dyadic
 from sj_realspike.verify import DEFAULT_RTOL
@@ -83,9 +85,72 @@ def test_conv_weight_plus_100_in_the_onnx_file_fails_on_the_outputs(exported, tm
     bad = _edited(path, tmp_path / "bad.onnx", lambda p: _add_to_conv_weight(p, 100.0))
     report = rs.verify(model, bad, x)
     assert not report.ok
-    assert report.fingerprint == report.file_fingerprint  # metadata untouched: only the outputs can tell
-    assert report.failures[0].startswith("onnx output differs from the trained model's: max rel err")
-    assert str(report).startswith("FAIL: onnx output differs from the trained model's")
+    assert report.fingerprint == report.file_fingerprint  # metadata untouched: the graph and outputs tell
+    assert re.match(r"the ONNX graph is not what export_onnx writes for this model: initializer '\S+' holds other "
+                    r"values than the export's \(max abs diff 100\)$", report.failures[0]), report.failures
+    assert any(f.startswith("onnx output differs from the trained model's: max rel err") for f in report.failures)
+    assert str(report).startswith("FAIL: the ONNX graph is not what export_onnx writes")
+
+
+def _one_ulp_up(proto: onnx.ModelProto) -> None:
+    t = _first_conv_weight(proto)
+    w = onnx.numpy_helper.to_array(t).copy()
+    w.flat[0] = np.nextafter(w.flat[0], np.float32(np.inf))
+    t.CopyFrom(onnx.numpy_helper.from_array(w, t.name))
+
+
+def _scope_dropped(proto: onnx.ModelProto) -> None:
+    """The nodes of neuron 'sn1' labelled as the root's: purity would no longer find that neuron."""
+    for node in proto.graph.node:
+        for p in node.metadata_props:
+            if p.key == "pkg.torch.onnx.name_scopes" and "'sn1'" in p.value:
+                p.value = repr(["", node.name])
+
+
+def _triggered(proto: onnx.ModelProto) -> None:
+    """A backdoor: +100 on every output once the input holds a value above 1000 (never on real data)."""
+    out = proto.graph.output[0].name
+    for node in proto.graph.node:
+        node.output[:] = [o if o != out else "clean" for o in node.output]
+    proto.graph.initializer.extend([onnx.numpy_helper.from_array(np.array(v, np.float32), n)
+                                    for n, v in (("limit", 1000.0), ("bonus", 100.0))])
+    proto.graph.node.extend([
+        onnx.helper.make_node("ReduceMax", ["x"], ["peak"], keepdims=0),
+        onnx.helper.make_node("Greater", ["peak", "limit"], ["armed"]),
+        onnx.helper.make_node("Cast", ["armed"], ["on"], to=onnx.TensorProto.FLOAT),
+        onnx.helper.make_node("Mul", ["on", "bonus"], ["kick"]),
+        onnx.helper.make_node("Add", ["clean", "kick"], [out])])
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (_one_ulp_up, r"initializer '\S+' holds other values than the export's \(max abs diff [0-9.e-]+\)"),
+    (_scope_dropped, r"node \d+ \((\w+) '\S+', outputs (\[.*\])\) differs from the exported node \(\1, outputs \2\)"),
+    (_triggered, r"node \d+ \(Add '\S+', outputs \['clean'\]\) differs from the exported node \(Add, outputs \['\S+'\]\)"),
+])
+@pytest.mark.parametrize("fresh_process", [False, True])
+def test_a_file_that_is_not_exactly_the_models_export_fails(exported, tmp_path, monkeypatch, edit, reason,
+                                                            fresh_process):
+    # Each edit keeps the recorded fingerprint and passed: one ulp and a trigger far from the input stay within
+    # rtol, a relabelled neuron escapes purity. The graph is now compared with the model's export, remembered
+    # from this process's export_onnx or (a fresh process) exported again.
+    model, path, x = exported
+    if fresh_process:
+        monkeypatch.setattr("sj_realspike.provenance._exported", type(provenance._exported)(set))
+    assert rs.verify(model, path, x).ok  # the genuine file: deterministic export, same graph
+    report = rs.verify(model, _edited(path, tmp_path / "bad.onnx", edit), x)
+    assert not report.ok and report.fingerprint == report.file_fingerprint
+    assert re.match(r"the ONNX graph is not what export_onnx writes for this model: " + reason + "$",
+                    report.failures[0]), report.failures
+
+
+def test_verify_leaves_the_models_neuron_state_as_it_was(exported):
+    model, path, x = exported
+    with torch.no_grad():
+        model(x)  # mid-sequence: the user's membranes hold values
+    before = {name: m.v.clone() for name, m in model.named_modules() if isinstance(getattr(m, "v", None), torch.Tensor)}
+    assert before and rs.verify(model, path, x).ok
+    assert all(torch.equal(model.get_submodule(name).v, v) for name, v in before.items())
+    functional.reset_net(model)
 
 
 def test_nan_and_inf_inputs_fail(exported):
@@ -118,7 +183,8 @@ def test_nan_in_an_onnx_initializer_fails_even_where_outputs_stay_finite(exporte
     """One NaN in the first conv: its neurons stop firing (NaN never fires), the outputs may stay finite."""
     model, path, x = exported
     report = rs.verify(model, _edited(path, tmp_path / "nan.onnx", lambda p: _add_to_conv_weight(p, math.nan)), x)
-    assert not report.ok and report.failures[0].startswith("the ONNX file's initializers hold NaN/Inf")
+    assert not report.ok and report.failures[0].endswith("holds other values than the export's (max abs diff nan)")
+    assert any(f.startswith("the ONNX file's initializers hold NaN/Inf") for f in report.failures)
 
 
 def _mlp(fc1_sign: float, fc2_sign: float) -> torch.nn.Module:
@@ -247,6 +313,9 @@ def test_rtol_is_validated_and_applied(exported, tmp_path):
     with pytest.raises(ValueError, match=r"rtol must be a finite number >= 0, got nan"):
         rs.verify(model, path, x, rtol=math.nan)
     nudged = _edited(path, tmp_path / "nudged.onnx", lambda p: _offset_outputs(p, 1e-3))
+    # the output comparison alone: as if the nudged graph were what export_onnx writes for the model
+    recorded = {p.key: p.value for p in onnx.load(path).metadata_props}["sj_realspike.fingerprint"]
+    remember_export(recorded, onnx.load(nudged))
     report = rs.verify(model, nudged, x)
     c = report.comparison("trained", "onnx")
     assert c.top1_agreement == 1.0 and DEFAULT_RTOL < c.max_rel < 1e-2
@@ -314,7 +383,9 @@ def test_cli_verify_exit_status_follows_the_verdict(factory_dir, capsys, monkeyp
     assert r.stdout.startswith("PASS: ")
 
     status, out, _ = _verify_cli(capsys, "m.bundle", "bad.onnx", "--input", "x.npy")
-    assert status == 1 and out.startswith("FAIL: onnx output differs from the trained model's"), out
+    assert status == 1 and out.startswith("FAIL: the ONNX graph is not what export_onnx writes for this model: "
+                                          "initializer "), out
+    assert "also: onnx output differs from the trained model's" in out
     status, out, _ = _verify_cli(capsys, "m.bundle", "m.onnx", "--input", "nan.npy")
     assert status == 1 and out.startswith("FAIL: the input holds 1 NaN/Inf values"), out
     status, out, err = _verify_cli(capsys, "m.bundle", "m.onnx", "--rtol", "-1")
