@@ -50,6 +50,14 @@ def _converted(report) -> set[str]:
     return {c.module for c in report.converted}
 
 
+def _convert_images(net: nn.Module, scale: float = 4.0, **convert) -> tuple[nn.Module, torch.Tensor]:
+    """``net`` (multi-step) converted on a seeded ``[2, 2, 3, 8, 8]`` image sequence in ``[0, scale)``, and the input."""
+    torch.manual_seed(0)
+    functional.set_step_mode(net, "m")
+    x = torch.rand(2, 2, 3, 8, 8) * scale
+    return rs.convert_model(net, x, **convert), x
+
+
 def test_rank_dependent_forward_converts_every_neuron_and_folds_exactly():
     # MS-ResNet: `if x.ndim == 4: x = x.unsqueeze(0).repeat(T, ...)` on an [N, C, H, W] image.
     _, x, model, report = _convert("ms_resnet")
@@ -481,19 +489,13 @@ class _PooledView(nn.Module):
 def test_element_amplitude_through_pooling_and_a_view_to_computed_sizes_folds(view):
     # Pooled element-wise amplitudes merge into the Linear; the view's sizes are nodes (inside a list, too)
     # naming the real batch, which the merge's basis vectors do not have (was a TypeError in fold).
-    torch.manual_seed(0)
-    net = _PooledView(view)
-    functional.set_step_mode(net, "m")
-    x = torch.rand(2, 2, 3, 8, 8) * 4
-    model = rs.convert_model(net, x, granularity="element")
+    model, x = _convert_images(_PooledView(view), granularity="element")
     assert len(rs.conversion_report(model).converted) == 1
     assert len(_fold_exact(model, x).merged_linears) == 1
 
 
 def test_pooled_element_amplitude_whose_batch_is_regrouped_is_skipped_at_convert():
-    net = _PooledView("seq_to_ann_copy")
-    functional.set_step_mode(net, "m")
-    report = rs.conversion_report(rs.convert_model(net, torch.rand(2, 2, 3, 8, 8), granularity="element"))
+    report = rs.conversion_report(_convert_images(_PooledView("seq_to_ann_copy"), granularity="element")[0])
     assert not report.converted and len(report.skipped) == 1
     assert report.skipped[0].reason == ("'view' (view) regroups the batch/time dims of spikes whose element-wise "
                                         "amplitude was pooled, which the Linear they are merged into cannot follow")
@@ -518,11 +520,7 @@ class _NegUpsample(nn.Module):
 def test_negated_spikes_and_upsampled_spikes_fold():
     # Negation and upsampling are linear: they were "not linear in them", the neurons skipped (and verify
     # then FAILed the negation as an unfolded amplitude).
-    torch.manual_seed(0)
-    net = _NegUpsample()
-    functional.set_step_mode(net, "m")
-    x = torch.rand(2, 2, 3, 8, 8) * 4
-    model = rs.convert_model(net, x, granularity="channel")
+    model, x = _convert_images(_NegUpsample(), granularity="channel")
     assert _converted(rs.conversion_report(model)) == {"n1", "n2", "n3"}
     _fold_exact(model, x)
 
@@ -547,11 +545,8 @@ class _SpikingUNet(nn.Module):
 def test_transposed_and_3d_convs_are_synapses(tmp_path, groups, spike, granularity):
     # A transposed conv (decoders, U-Nets) and a 3-D conv read scaled spikes linearly: the neurons before
     # them were skipped ("computes the weight it applies" / "not linear").
-    torch.manual_seed(0)
-    net = _SpikingUNet(groups)
-    functional.set_step_mode(net, "m")
-    x = torch.rand(2, 2, 3, 8, 8) * 16  # every neuron fires (verify checks the synapses after each)
-    model = rs.convert_model(net, x, spike=spike, granularity=granularity)
+    # x up to 16: every neuron fires (verify checks the synapses after each)
+    model, x = _convert_images(_SpikingUNet(groups), 16.0, spike=spike, granularity=granularity)
     assert _converted(rs.conversion_report(model)) == {"n1", "n2", "n3"}
     _fold_exact(model, x)
     rs.export_onnx(rs.fold(model), tmp_path / "m.onnx", x)
@@ -560,9 +555,7 @@ def test_transposed_and_3d_convs_are_synapses(tmp_path, groups, spike, granulari
 
 
 def test_element_amplitude_into_a_transposed_conv_is_skipped():
-    net = _SpikingUNet(1)
-    functional.set_step_mode(net, "m")
-    report = rs.conversion_report(rs.convert_model(net, torch.rand(2, 2, 3, 8, 8) * 4, granularity="element"))
+    report = rs.conversion_report(_convert_images(_SpikingUNet(1), granularity="element")[0])
     only = "only a Conv2d takes one (as an unshared conv)"
     assert {s.module: s.reason for s in report.skipped} == {
         "n1": f"element-wise amplitude into 'head' (Conv3d): {only}",
