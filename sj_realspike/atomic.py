@@ -21,13 +21,18 @@ def resolve_destination(path: str | os.PathLike[str]) -> Path:
     Writing through a symlink updates the file it points to and keeps the link (an
     atomic replace of the link itself would turn it into a plain file). Directories,
     FIFOs, sockets and devices are refused: replacing them would destroy what the user
-    meant to write *into*.
+    meant to write *into*; so is a path ending in a separator (``out/``), which names a
+    directory even where none exists yet.
 
     Raises:
         FileNotFoundError: the destination directory does not exist.
-        IsADirectoryError: ``path`` is a directory.
+        IsADirectoryError: ``path`` is a directory or ends in a separator.
         OSError: ``path`` is a FIFO, socket or device.
     """
+    text = os.fspath(path)
+    if text.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):  # Path() would drop the separator
+        raise IsADirectoryError(f"cannot write {text}: a path ending in {text[-1]!r} names a directory; give a "
+                                f"file name")
     given = Path(path)
     dest = given.resolve() if given.is_symlink() else given
     try:

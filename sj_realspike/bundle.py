@@ -16,8 +16,9 @@ limited, and everything is checked before anything is imported or built:
    neuron, surrogate, layer and model modules (``kwarg_classes``: SpikingJelly's, Norse's
    modules, snnTorch's neurons), unless the user trusts more modules
    (``trust=["mypkg.models"]``, CLI ``--trust mypkg.models``);
-5. size: the network the kwargs build (counted on the meta device first) must fit the
-   tensor data the bundle holds, and the tensor data the rebuilt model.
+5. size: the network the kwargs build (counted first with every sized tensor on the meta
+   device) must fit the tensor data the bundle holds, and the tensor data the rebuilt model;
+   an untrusted network that cannot be counted that way is not built.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 from spikingjelly.activation_based import functional
 
 from .atomic import atomic_write
@@ -361,15 +363,19 @@ def _call(reference: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -
     try:
         net = factory(**kwargs)
     except Exception as e:  # the factory's own code: any error means these kwargs do not build it
-        hint = ""
-        if "spiking_neuron" in _parameters(factory) and kwargs.get("spiking_neuron") is None:
-            hint = ("; SpikingJelly zoo models need --kwargs "
-                    "'{\"spiking_neuron\": \"spikingjelly.activation_based.neuron.LIFNode\"}'")
-        raise BundleError(f"factory '{reference}' failed on its kwargs: {type(e).__name__}: {_first_line(e)}"
-                          f"{hint}") from None
+        raise BundleError(_factory_failure(reference, factory, kwargs, e)) from None
     if not isinstance(net, nn.Module):
         raise BundleError(f"factory '{reference}' returned {type(net).__name__}, not an nn.Module")
     return net
+
+
+def _factory_failure(reference: str, factory: Callable[..., Any], kwargs: dict[str, Any], e: Exception) -> str:
+    """What went wrong when ``factory(**kwargs)`` raised ``e``, with the usual fix for SpikingJelly's zoo."""
+    hint = ""
+    if "spiking_neuron" in _parameters(factory) and kwargs.get("spiking_neuron") is None:
+        hint = ("; SpikingJelly zoo models need --kwargs "
+                "'{\"spiking_neuron\": \"spikingjelly.activation_based.neuron.LIFNode\"}'")
+    return f"factory '{reference}' failed on its kwargs: {type(e).__name__}: {_first_line(e)}{hint}"
 
 
 def _parameters(factory: Callable[..., Any]) -> set[str]:
@@ -502,29 +508,34 @@ def load_bundle(path: str | Path, *, trust: Iterable[str] = ()) -> nn.Module:
         path: a file written by `save_bundle`.
         trust: modules (and their submodules) whose functions and classes the manifest may
             call besides SpikingJelly's (e.g. ``["mypkg.models"]`` for a factory
-            ``"mypkg.models:net"``). Loading calls the factory (twice: first on the meta
-            device, to check the network fits the weights the file holds): trust only
-            code you would run yourself.
+            ``"mypkg.models:net"``). Loading calls the factory (twice: first with its
+            sized tensors on the meta device, to check the network fits the weights the
+            file holds; a network that cannot be counted so is built only from a trusted
+            factory module): trust only code you would run yourself.
 
     Raises:
         BundleError: missing, corrupt, truncated or inflating file, invalid manifest,
-            untrusted factory or kwargs, a factory failing on its kwargs, or weights that
-            do not fit the rebuilt model.
+            untrusted factory or kwargs, a factory failing on its kwargs, a network too
+            large for the file or, untrusted, uncountable, or weights that do not fit the
+            rebuilt model.
+        ConfigError: the manifest's config holds a rule `SpikeConfig` refuses.
     """
     manifest, state, data_bytes = _read(path)
+    config = SpikeConfig.from_dict(manifest["config"], source=str(path))  # before anything is built
     try:
         factory, kwargs = _resolve(manifest, trust, trust_factory=False)
         if kwargs.get("pretrained") and "pretrained" in _parameters(factory):
             raise BundleError("kwargs 'pretrained' is true: loading would download other weights (unpickled "
                               "without weights_only); a bundle carries its own, so set it to false")
-        _check_build_size(manifest["factory"], factory, kwargs, data_bytes)
+        trusted = _within(_split(manifest["factory"])[0], _roots(trust))
+        _check_build_size(manifest["factory"], factory, kwargs, data_bytes, trusted)
         net = _call(manifest["factory"], factory, kwargs)
     except BundleError as e:
         raise BundleError(f"bundle {path}: {e}") from None
     functional.set_step_mode(net, manifest["step_mode"])
     example = torch.zeros(manifest["example_shape"])
     model = convert_model(net, example, spike=manifest["spike"], granularity=manifest["granularity"],
-                          config=SpikeConfig.from_dict(manifest["config"], source=str(path)), inplace=True)
+                          config=config, inplace=True)
     if manifest["stage"] == "deploy":
         model = fold(model, inplace=True)
     needed = _weight_bytes(model)
@@ -622,17 +633,52 @@ def _torch_load(path: str | Path, what: str) -> tuple[Any, int]:
                           f"({_first_line(e)})") from None
 
 
-def _check_build_size(reference: str, factory: Callable[..., Any], kwargs: dict[str, Any], data_bytes: int) -> None:
+# Constructors that take a size: on the meta device they allocate nothing, whatever size the kwargs ask for.
+# Tensors made from values (``torch.tensor``, ``as_tensor``, ``scalar_tensor``, ``asarray``) are left real:
+# their data is in memory already, and checks such as ``torch.isfinite(torch.tensor(v))`` read it.
+_SIZED_CONSTRUCTORS = frozenset({
+    torch.empty, torch.empty_strided, torch.empty_permuted, torch.zeros, torch.ones, torch.full, torch.rand,
+    torch.randn, torch.randint, torch.randperm, torch.arange, torch.range, torch.linspace, torch.logspace,
+    torch.eye, torch.tril_indices, torch.triu_indices, torch.bartlett_window, torch.blackman_window,
+    torch.hamming_window, torch.hann_window, torch.kaiser_window})
+
+
+class _SizedOnMeta(TorchFunctionMode):
+    """Every tensor made from a size goes to the meta device, even one asked for on another device.
+
+    Unlike ``with torch.device("meta")``, tensors made from values stay real, so a module that
+    validates its arguments with ``.item()`` (SpikingJelly's ``HalfThresholdIFNode``) still builds
+    and its parameters can be counted.
+    """
+
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = dict(kwargs or {})
+        if func in _SIZED_CONSTRUCTORS:
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
+def _check_build_size(reference: str, factory: Callable[..., Any], kwargs: dict[str, Any], data_bytes: int,
+                      trusted: bool) -> None:
     """Refuse kwargs that build a network far larger than the weights the bundle holds.
 
-    The network is built on the meta device (no memory); a factory that cannot be is
-    skipped here (its real build still must match the weights).
+    The network is built with its sized tensors on the meta device (no memory) and counted.
+    A factory that does not build that way cannot be counted; building it for real could
+    allocate whatever the kwargs ask for, so it is refused unless the user trusts the
+    factory's module (then its real build still must match the weights).
     """
     try:
-        with torch.device("meta"):
+        with _SizedOnMeta():
             net = factory(**kwargs)
-    except Exception:  # the real call reports the factory's errors
-        return
+    except Exception as e:  # the factory's own code, or a value read from a meta tensor
+        if trusted:
+            return
+        module = _split(reference)[0]
+        raise BundleError(f"counting its size on the meta device before building it, "
+                          f"{_factory_failure(reference, factory, kwargs, e)}; a network whose size cannot be "
+                          f"counted could allocate any amount of memory, so it is not built: pass "
+                          f"trust=['{module}'] / --trust {module} to build it anyway") from None
     needed = _weight_bytes(net) if isinstance(net, nn.Module) else 0
     if needed > BUILD_SLACK[0] * data_bytes + BUILD_SLACK[1]:
         raise BundleError(f"the manifest's kwargs make '{reference}' build {needed:,} bytes of parameters and "

@@ -3,8 +3,10 @@
 Every subcommand is a thin layer over the public API; errors print one line
 (``sj-realspike: error: …``) and exit with status 2, and no partial output file
 is left behind (all outputs are written atomically, and SIGTERM/SIGINT remove the
-temporary file of a write in progress). torch, numpy and onnx are imported by the
-handlers only, so ``sj-realspike --help`` answers at once.
+temporary file of a write in progress). Every input path must be a regular file and no
+output may replace an input, checked before any work; third-party warnings are not shown.
+torch, numpy and onnx are imported by the handlers only, so ``sj-realspike --help``
+answers at once.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .atomic import remove_pending, resolve_destination
-from .console import OneLineParser, error_line, format_table, log_to_stderr, positive_int
+from .console import OneLineParser, error_line, format_table, log_to_stderr, own_warnings_only, positive_int
 from .errors import RealSpikeError
 
 if TYPE_CHECKING:
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv[:1]
     try:
-        with _sigterm_raises(), log_to_stderr():
+        with _sigterm_raises(), log_to_stderr(), own_warnings_only():
             try:
                 args, rest = _parser().parse_known_args(argv)
             except SystemExit as e:  # --help (0) or a one-line argument error (2)
@@ -203,9 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 return demo.main(rest)
             if rest:
                 raise CliError(f"unrecognized arguments: {' '.join(rest)} (see sj-realspike {args.command} --help)")
-            for dest in (getattr(args, "output", None), getattr(args, "energy_plot", None)):
-                if dest:
-                    resolve_destination(dest)  # refuse a directory/FIFO/device before the work, not after
+            _check_paths(args)
             status = globals()[f"_cmd_{args.command}"](args) or 0
             sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
             return status
@@ -228,6 +228,47 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         remove_pending()
+
+
+# The files each command reads (argument dest, what errors call it); --recipe may also name a shipped recipe.
+_INPUTS = {
+    "convert": (("checkpoint", "checkpoint"), ("recipe", "recipe")),
+    "fold": (("bundle", "bundle"),),
+    "export": (("bundle", "bundle"),),
+    "verify": (("bundle", "bundle"), ("onnx", "ONNX model"), ("input", "input")),
+    "run": (("onnx", "ONNX model"), ("input", "input")),
+    "inspect": (("path", "input"),),
+}
+_OUTPUTS = (("output", "-o"), ("energy_plot", "--energy-plot"))
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Refuse bad paths before any work: every input must be a regular file (a FIFO or ``/dev/zero``
+    would block or never end), every output a file that is not also an input (see `resolve_destination`)."""
+    inputs = _input_files(args)
+    for what, path in inputs:
+        if not path.is_file():
+            raise CliError(f"{what} {path} does not exist" if not path.exists() else
+                           f"{what} {path} is not a regular file")
+    for dest, flag in _OUTPUTS:
+        output = getattr(args, dest, None)
+        if output:
+            target = resolve_destination(output)
+            clash = next((f"{what} {path}" for what, path in inputs if target.exists() and target.samefile(path)),
+                         None)
+            if clash:
+                raise CliError(f"{flag} {output} is the {clash}: writing it would replace a file this command "
+                               f"reads; choose another output name")
+
+
+def _input_files(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """The files ``args.command`` reads, as (what, path); a ``--recipe`` only if such a path exists."""
+    found = []
+    for dest, what in _INPUTS.get(args.command, ()):
+        value = getattr(args, dest, None)
+        if value is not None and (dest != "recipe" or os.path.lexists(value)):
+            found.append((what, Path(value)))
+    return found
 
 
 @contextmanager
@@ -389,8 +430,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     path = Path(args.path)
-    if not path.is_file():
-        raise CliError(f"{path} does not exist" if not path.exists() else f"{path} is not a regular file")
     energy = args.energy or args.energy_plot
     if path.suffix == ".onnx":
         if energy:
@@ -406,16 +445,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- helpers
 def _load_array(path: str) -> np.ndarray:
-    """A ``--input`` file: a non-empty float ``.npy`` array (never unpickled).
+    """A ``--input`` file (a regular file: `_check_paths`): a non-empty float ``.npy`` array (never unpickled).
 
     Raises:
-        CliError: missing, empty, corrupt, pickled (object), non-float or empty array.
+        CliError: empty, corrupt, pickled (object), non-float or empty array.
     """
     import numpy as np
 
     p = Path(path)
-    if not p.is_file():
-        raise CliError(f"input {p} does not exist" if not p.exists() else f"input {p} is not a regular file")
     try:
         array = np.load(p, allow_pickle=False)
     except EOFError:

@@ -10,7 +10,9 @@ are added before a synapse share one amplitude).
 
 from __future__ import annotations
 
+import math
 import re
+import re._parser as sre_parse
 import tomllib
 from dataclasses import dataclass, fields, replace
 from importlib import resources
@@ -29,6 +31,12 @@ RuleSource = Literal["default", "global", "type", "regex", "name"]
 
 _SPIKE_KINDS = get_args(SpikeKind)
 _GRANULARITIES = get_args(Granularity)
+
+# Name regexes come from recipes and bundle manifests, and Python's re has no timeout: a pattern
+# that could backtrack exponentially (a repeat inside a repeat, ``(.*)*``) or is longer than any
+# rule over module names needs is refused before it is compiled.
+MAX_REGEX_CHARS = 1000
+_REPEATS = (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT, sre_parse.POSSESSIVE_REPEAT)
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,8 @@ class SpikeSpec:
             )
         if self.init is not None and not isinstance(self.init, (int, float)):
             raise ConfigError(f"init must be a number, got {self.init!r}")
+        if self.init is not None and not math.isfinite(self.init):
+            raise ConfigError(f"init must be a finite number, got {self.init!r}")
         if self.slices is not None and (not isinstance(self.slices, int) or isinstance(self.slices, bool)
                                         or self.slices < 1):
             raise ConfigError(f"slices must be a positive integer, got {self.slices!r}")
@@ -134,12 +144,13 @@ class SpikeConfig:
         return self
 
     def set_name_regex(self, pattern: str, spec: Rule) -> SpikeConfig:
-        """Rule for neurons whose module name matches ``pattern`` (``re.match``)."""
-        try:
-            compiled = re.compile(pattern)
-        except re.error as e:
-            raise ConfigError(f"invalid name regex {pattern!r}: {e}") from None
-        self._regexes.append((compiled, self._check(spec)))
+        """Rule for neurons whose module name matches ``pattern`` (``re.match``).
+
+        Raises:
+            ConfigError: ``pattern`` is not a string, is invalid, longer than
+                `MAX_REGEX_CHARS`, or nests repetition (see `_compile_name_regex`).
+        """
+        self._regexes.append((_compile_name_regex(pattern), self._check(spec)))
         return self
 
     def set_name(self, name: str, spec: Rule) -> SpikeConfig:
@@ -192,9 +203,13 @@ class SpikeConfig:
         A top-level ``tie_summed = true`` calls `set_tie_summed`.
 
         Raises:
-            ConfigError: unknown key, bad value, or a recipe that does not exist.
+            ConfigError: unknown key, bad value (a non-finite ``init``, a name regex
+                `set_name_regex` refuses), or a recipe that does not exist or is not a
+                regular file.
         """
         p = Path(path)
+        if p.exists() and not p.is_file():  # a FIFO or device would block or never end
+            raise ConfigError(f"recipe {p} is not a regular file")
         if not p.is_file():
             shipped = shipped_recipes()
             stem = p.name.removesuffix(".toml")
@@ -236,7 +251,11 @@ class SpikeConfig:
                 raise ConfigError(f"recipe {where}: each [[regex]] entry needs a 'pattern'")
             table = dict(table)
             pattern = table.pop("pattern")
-            cfg.set_name_regex(pattern, _rule_from_table(table, where))
+            rule = _rule_from_table(table, where)
+            try:
+                cfg.set_name_regex(pattern, rule)
+            except ConfigError as e:
+                raise ConfigError(f"recipe {where}: {e}") from None
         for name, table in data.get("names", {}).items():
             cfg.set_name(name, _rule_from_table(table, f"{source} [names.{name}]"))
         return cfg
@@ -258,6 +277,61 @@ class SpikeConfig:
 
     def __repr__(self) -> str:
         return f"SpikeConfig({self.to_dict()!r})"
+
+
+def _compile_name_regex(pattern: Any) -> re.Pattern[str]:
+    """``pattern`` compiled, if matching it takes time polynomial in the name's length.
+
+    A repeat whose body holds another repeat (``(.*)*``, ``(a+)+``) can try exponentially
+    many ways to split a name that does not match, and ``re`` cannot be interrupted; such
+    patterns are refused by their structure, as are over-long ones.
+    """
+    if not isinstance(pattern, str):
+        raise ConfigError(f"a name regex must be a string, got {pattern!r}")
+    if len(pattern) > MAX_REGEX_CHARS:
+        raise ConfigError(f"name regex {pattern[:40]!r}... is {len(pattern):,} characters long, more than the "
+                          f"{MAX_REGEX_CHARS:,} allowed")
+    try:
+        compiled = re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as e:
+        raise ConfigError(f"invalid name regex {pattern!r}: {e}") from None
+    if _nested_repeat(sre_parse.parse(pattern)):
+        raise ConfigError(f"name regex {pattern!r} repeats a part that itself repeats (like '(a+)*'): matching "
+                          f"it can take exponential time; write it with one level of repetition")
+    return compiled
+
+
+def _nested_repeat(pattern: Any) -> bool:
+    """Whether a parsed pattern has a repeat that can match more than once inside another such repeat.
+
+    Walked with a stack, not recursion: a pattern may nest hundreds of groups.
+    """
+    stack = [(pattern, False)]
+    while stack:
+        items, inside_repeat = stack.pop()
+        for op, av in items:
+            repeats = op in _REPEATS and av[1] > 1
+            if repeats and inside_repeat:
+                return True
+            stack.extend((sub, inside_repeat or repeats) for sub in _subpatterns(op, av))
+    return False
+
+
+def _subpatterns(op: Any, av: Any) -> list[Any]:
+    """The parsed subpatterns inside one item of a parsed pattern (groups, branches, repeats, lookarounds)."""
+    if op in _REPEATS:
+        return [av[2]]
+    if op is sre_parse.SUBPATTERN:
+        return [av[3]]
+    if op is sre_parse.BRANCH:
+        return list(av[1])
+    if op in (sre_parse.ASSERT, sre_parse.ASSERT_NOT):
+        return [av[1]]
+    if op is sre_parse.GROUPREF_EXISTS:
+        return [sub for sub in av[1:] if sub is not None]
+    if op is sre_parse.ATOMIC_GROUP:
+        return [av]
+    return []
 
 
 def _rule_from_table(table: Any, where: str) -> Rule:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
-__all__ = ["PREFIX", "OneLineParser", "error_line", "format_table", "log_to_stderr", "positive_int"]
+__all__ = ["PREFIX", "OneLineParser", "error_line", "format_table", "log_to_stderr", "own_warnings_only",
+           "positive_int"]
 
 PREFIX = "sj-realspike"
 
@@ -66,6 +68,26 @@ def log_to_stderr(level: int = logging.INFO) -> Iterator[None]:
     finally:
         package.removeHandler(handler)
         package.setLevel(previous)
+
+
+@contextmanager
+def own_warnings_only() -> Iterator[None]:
+    """Show the package's own warnings as one ``sj-realspike: warning: …`` line each; drop all others.
+
+    Third-party libraries warn about their own deprecations (``torch.jit.script``, Norse's
+    imports) or about files they refuse (torch's two-line "Detected pickle protocol" before
+    the error the tool reports anyway): noise on a command's stderr, where an error is one
+    line. A warning is the package's when its category is defined in the package
+    (``NotConvertedWarning``). The filters and ``showwarning`` are restored on exit.
+    """
+    def show(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+        if category.__module__.split(".")[0] == __name__.split(".")[0]:
+            print(f"{PREFIX}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
 
 
 def format_table(headers: list[str], rows: list[list[Any]]) -> str:

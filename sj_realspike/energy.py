@@ -23,6 +23,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 
 from .amplitude import Amplitude, amplitude_parameters
 from .atomic import atomic_write
-from .frameworks import reset, step_mode
+from .frameworks import reset, set_state, state_of, step_mode
 from .neurons import is_neuron
 from .report import format_table, record_of
 from .synapses import DiagonalSynapse, UnsharedConv2d
@@ -229,7 +230,8 @@ def energy_report(model: nn.Module, x: torch.Tensor, *, e_ac_pj: float = E_AC_PJ
     amplitude-scaled spikes make MACs) and ``fold(model)`` ("after fold": binary spikes
     make ACs, ternary ones signed ACs). Any other model (a deploy model, a plain
     SpikingJelly network) is counted as it is. Models run in eval mode without
-    gradients from reset state; training flags and neuron state are restored.
+    gradients from reset state; then training flags and neuron state (membranes
+    mid-sequence included) are put back as they were: ``model`` is left unchanged.
 
     Args:
         model: a converted model, a deploy model or a SpikingJelly network.
@@ -278,7 +280,7 @@ def _count(model: nn.Module, x: torch.Tensor, label: str, samples: int, costs: d
     for name, m in model.named_modules():
         if isinstance(m, _SYNAPSES):
             hooks.append(m.register_forward_hook(hook(name)))
-    modes = {m: m.training for m in model.modules()}
+    saved = _snapshot(model)
     try:
         model.eval()
         reset(model)
@@ -287,14 +289,33 @@ def _count(model: nn.Module, x: torch.Tensor, label: str, samples: int, costs: d
     finally:
         for h in hooks:
             h.remove()
-        for m, training in modes.items():
-            m.training = training
-        reset(model)
+        _restore(saved)
     # fold names the copies of layer `l` it makes `l__<input>`; they count as `l`
     deploy = record_of(model).get("stage") == "deploy"
     return ModelEnergy(label, [
         LayerEnergy(name, name.split("__")[0] if deploy else name, kind, inputs, nonzero, ops, op, ops * costs[op])
         for name, (kind, inputs, nonzero, ops, op) in layers.items()], samples)
+
+
+_Snapshot = list[tuple[nn.Module, bool, dict[str, Any], dict[str, Any]]]
+
+
+def _snapshot(model: nn.Module) -> _Snapshot:
+    """What a counting run changes in each module: its training flag, its framework state (SpikingJelly's
+    ``_memories``, snnTorch's ``mem`` buffer: `state_of`) and its attributes (``v_seq``). The objects
+    themselves are kept, not copies, so the user's live state comes back as it was (autograd history too)."""
+    return [(m, m.training, state_of(m), dict(vars(m))) for m in model.modules()]
+
+
+def _restore(saved: _Snapshot) -> None:
+    """Put back what `_snapshot` saw; attributes the run added are removed."""
+    for m, training, state, attributes in saved:
+        set_state(m, state)
+        current = vars(m)
+        for key in current.keys() - attributes.keys():
+            del current[key]
+        current.update(attributes)
+        m.training = training
 
 
 def _op_type(x: torch.Tensor) -> str:

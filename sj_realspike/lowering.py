@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from .errors import UnsupportedPatternError
 from .fold import constant_factors_on_spikes
-from .frameworks import adapters, neuron_adapter, reset, step_output
+from .frameworks import adapters, neuron_adapter, reset, state_of, step_output
 from .lowered import LoweredDiagonalSynapse, LoweredUnsharedConv2d
 from .neurons import is_neuron, step_mode_of
 from .ops import scalar_factor
@@ -115,6 +115,8 @@ def lower_for_export(model: fx.GraphModule, example_input: torch.Tensor, *,
         if new is not None:
             replaced[node.target] = new.to(_device_of(m))
             _set_module(gm, node.target, replaced[node.target])
+    if per_step:
+        _refuse_state_left(gm, modules, replaced)
     for node in gm.graph.nodes:
         if node.op == "call_module" and node.target in replaced:
             _record_module_class(node, type(replaced[node.target]))
@@ -129,6 +131,27 @@ def lower_for_export(model: fx.GraphModule, example_input: torch.Tensor, *,
     gm.meta[META_KEY] = {**gm.meta.get(META_KEY, {}), "stage": "lowered", "step_mode": mode,
                          "time_steps": steps if per_step or mode == "m" else None, "kept_neurons": kept}
     return gm
+
+
+def _refuse_state_left(gm: fx.GraphModule, modules: dict[str, nn.Module], replaced: dict[str, nn.Module]) -> None:
+    """Refuse a stateful module that a single-step graph run on ``[T·N, …]`` would run once for all steps.
+
+    Lowered neurons run the recurrence over ``T`` themselves; any other module that keeps
+    state between calls (SpikingJelly's recurrent containers, a neuron inside one, a
+    ``SynapseFilter``) would see the ``T`` steps as one batch, from a fresh state, and the
+    graph would compute something else than the model stepped over time.
+    """
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or node.target in replaced:
+            continue
+        memories = sorted({key for sub in modules[node.target].modules() for key in state_of(sub)})
+        if memories:
+            raise UnsupportedPatternError(
+                node.target, f"{type(modules[node.target]).__name__} keeps state between time steps "
+                f"({', '.join(memories)}), and this single-step model is exported on the time-flattened sequence "
+                "[T*N, ...], where it would run once, from a fresh state, for all steps",
+                "Keep it out of the exported network, or export a multi-step version of the model, in which it "
+                "runs over T itself")
 
 
 def _flatten_time(gm: fx.GraphModule, steps: int) -> None:

@@ -395,11 +395,12 @@ def test_cli_refuses_attacks_in_one_line_and_runs_nothing(tmp_path, bomb, capsys
     write(tmp_path / "list.bundle", [1, 2])
     write(tmp_path / "shape.bundle", manifest(example_shape=[2, -1, 3]))
     write(tmp_path / "int.bundle", manifest(factory=123))
+    (tmp_path / "net.onnx").touch()  # verify reads the bundle first; the ONNX path must be a file
     cases = [
         (["inspect", "system.bundle"], r"factory 'os:system' is not in .* --trust os if you trust it"),
         (["fold", "run.bundle", "-o", "out.bundle"], r"factory 'subprocess:run' .* --trust subprocess if"),
         (["export", "rmtree.bundle", "-o", "out.onnx"], r"factory 'shutil:rmtree' .* --trust shutil if"),
-        (["verify", "eval.bundle", "out.onnx"], r"kwargs\['spiking_neuron'\] = 'builtins\.eval' .* --trust builtins"),
+        (["verify", "eval.bundle", "net.onnx"], r"kwargs\['spiking_neuron'\] = 'builtins\.eval' .* --trust builtins"),
         (["fold", "list.bundle", "-o", "out.bundle"], r"manifest must be a JSON object, got list"),
         (["inspect", "shape.bundle"], r"'example_shape' must be a list of 1 to 8 positive integers"),
         (["export", "int.bundle", "-o", "out.onnx"], r"'factory' must be a string like 'pkg\.module:function'"),
@@ -431,3 +432,84 @@ def test_cli_trust_flag(tmp_path):
                               cwd=tmp_path))
     assert "'NoneType' object is not callable; SpikingJelly zoo models need --kwargs" in line
     assert not (tmp_path / "out.bundle").exists() and not (tmp_path / "c.bundle").exists()
+
+
+def test_checking_an_onnx_file_imports_no_module_its_metadata_names(tmp_path, monkeypatch):
+    # The exporter records each node's module classes as text; spike purity resolves them to classes.
+    # Resolving by importing ran the top-level code of any module a crafted file named (a .py beside it).
+    import onnx
+    from onnx import helper
+
+    from sj_realspike import purity
+
+    name = f"sjr_evil_{uuid.uuid4().hex}"
+    sentinel = tmp_path / "ran"
+    (tmp_path / f"{name}.py").write_text(f"open({str(sentinel)!r}, 'w').close()\nclass Stem: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    node = helper.make_node("Relu", ["x"], ["y"])
+    for key, value in (("pkg.torch.onnx.name_scopes", ["stem", "stem.0", "relu"]),
+                       ("pkg.torch.onnx.class_hierarchy", [f"{name}.Stem", "torch.nn.Conv2d", "aten.relu"])):
+        node.metadata_props.add(key=key, value=repr(value))
+    info = [helper.make_tensor_value_info(v, onnx.TensorProto.FLOAT, [1]) for v in ("x", "y")]
+    model = helper.make_model(helper.make_graph([node], "g", info[:1], info[1:]))
+    purity.spike_tensors(model)
+    purity.static_violations(model)
+    assert not sentinel.exists() and name not in sys.modules
+    # classes of what is imported (a model in memory) still resolve
+    assert purity._resolve("sj_realspike.lowered.LoweredBinaryNeuron") is rs.lowered.LoweredBinaryNeuron
+
+
+# ------------------------------------------------------------------------- size, uncountable
+HALF_IF = "spikingjelly.activation_based.neuron.integrate_and_fire.HalfThresholdIFNode"
+
+
+def test_neurons_that_read_values_while_built_are_still_counted(tmp_path, monkeypatch):
+    # HalfThresholdIFNode checks torch.isfinite(torch.tensor(v_threshold)): on the meta device that read
+    # failed, the size check was skipped, and 100 KB of kwargs built gigabytes for real.
+    from spikingjelly.activation_based import functional
+    from spikingjelly.activation_based.model.parametric_lif_net import MNISTNet
+    from spikingjelly.activation_based.neuron.integrate_and_fire import HalfThresholdIFNode
+
+    net = MNISTNet(channels=2, spiking_neuron=HalfThresholdIFNode)
+    functional.set_step_mode(net, "m")
+    model = rs.convert_model(net, torch.rand(2, 1, 1, 28, 28))
+    kwargs = {"channels": 2, "spiking_neuron": HALF_IF}
+    rs.save_bundle(model, tmp_path / "ok.bundle", factory=ZOO_NET, kwargs=kwargs)
+    monkeypatch.setattr("sj_realspike.bundle.BUILD_SLACK", (4.0, 0))  # no slack: a small network shows it
+    assert isinstance(rs.load_bundle(tmp_path / "ok.bundle"), MNISTNet)  # a genuine zoo bundle still loads
+    path = write(tmp_path / "big.bundle", manifest(kwargs={**kwargs, "channels": 64}))
+    with pytest.raises(BundleError, match=r"kwargs make '.*MNISTNet' build [\d,]+ bytes of parameters and buffers, "
+                                          r"but the bundle holds only 0 bytes of tensor data$"):
+        rs.load_bundle(path)
+
+
+def test_an_untrusted_network_that_cannot_be_counted_is_not_built(tmp_path, monkeypatch):
+    name = module(tmp_path, "import torch\nfrom spikingjelly.activation_based import neuron\n"
+                            "class Probed(neuron.IFNode):\n"
+                            "    def __init__(self, **kwargs):\n"
+                            "        super().__init__(**kwargs)\n"
+                            "        self.gain = torch.nn.Parameter(torch.ones(1))\n"
+                            "        assert float(self.gain.detach()) == 1.0  # reads a value of a sized tensor\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = write(tmp_path / "b.bundle", manifest(kwargs={"channels": 2, "spiking_neuron": f"{name}.Probed"}))
+    zoo = ZOO_NET.split(":")[0]
+    with pytest.raises(BundleError, match=rf"^bundle {re.escape(str(path))}: counting its size on the meta device "
+                                          rf"before building it, factory '{ZOO_NET}' failed on its kwargs: "
+                                          r"RuntimeError: Tensor\.item\(\) cannot be called on meta tensors; a network "
+                                          r"whose size cannot be counted could allocate any amount of memory, so it is "
+                                          rf"not built: pass trust=\['{zoo}'\] / --trust {zoo} to build it anyway$"):
+        rs.load_bundle(path, trust=[name])
+    with pytest.raises(BundleError, match=r"weights do not fit the model rebuilt from its manifest"):
+        rs.load_bundle(path, trust=[name, zoo])  # trusted: built for real (and this one holds no weights)
+
+
+def test_scope_metadata_that_exhausts_the_parser_is_ignored():
+    # ast.literal_eval('-' * 100000 + '1') raises MemoryError, which the CLI reported as "unexpected"
+    from onnx import helper
+
+    from sj_realspike import purity
+
+    for value in ("-" * 100_000 + "1", "-" * 60_000 + "1"):
+        node = helper.make_node("Relu", ["x"], ["y"])
+        node.metadata_props.add(key="pkg.torch.onnx.name_scopes", value=value)
+        assert purity._scope(node) == purity._Scope(None, False, "", "")

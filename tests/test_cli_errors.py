@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import re
 import signal
 import subprocess
 import sys
 import textwrap
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nets
@@ -173,11 +176,11 @@ def test_unexpected_exceptions_are_one_line(monkeypatch, capsys, error):
         raise error
 
     monkeypatch.setattr(cli, "_cmd_inspect", boom)
-    assert cli.main(["inspect", "anything"]) == 2
+    assert cli.main(["inspect", __file__]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert line.startswith(f"sj-realspike: error: unexpected {type(error).__name__}") and "--debug" in line
     with pytest.raises(type(error)):
-        cli.main(["--debug", "inspect", "anything"])
+        cli.main(["--debug", "inspect", __file__])
 
 
 def test_keyboard_interrupt_is_one_line_exit_130(monkeypatch, capsys):
@@ -185,7 +188,7 @@ def test_keyboard_interrupt_is_one_line_exit_130(monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "_cmd_inspect", interrupted)
-    assert cli.main(["inspect", "anything"]) == 130
+    assert cli.main(["inspect", __file__]) == 130
     assert one_error_line(capsys.readouterr().err) == "sj-realspike: error: interrupted (SIGINT)"
 
 
@@ -376,3 +379,81 @@ def test_output_into_a_closed_pipe_is_quiet(work, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert cli.main(["inspect", "m.onnx"]) == 141
     assert "Broken pipe" not in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- paths, outputs, warnings
+@contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Raise `TimeoutError` in the main thread after ``seconds``: a blocked call fails the test, not the run."""
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+NOT_FILES = [
+    (["verify", "c.bundle", "out.fifo", "--trust", "nets"], "ONNX model out.fifo is not a regular file"),
+    (["verify", "c.bundle", "/dev/zero", "--trust", "nets"], "ONNX model /dev/zero is not a regular file"),
+    (["run", "out.fifo", "--input", "x.npy"], "ONNX model out.fifo is not a regular file"),
+    (["convert", *FACTORY, "--example-shape", "2,2,3,16,16", "--recipe", "adir", "-o", "out.bundle"],
+     "recipe adir is not a regular file"),
+]
+
+
+@pytest.mark.parametrize("argv,message", NOT_FILES, ids=[f"{a[0]}-{i}" for i, (a, _) in enumerate(NOT_FILES)])
+def test_inputs_that_are_not_regular_files_are_refused_before_reading(work, argv, message, capsys, monkeypatch):
+    # verify handed its ONNX path to onnx.load: a FIFO blocked forever, /dev/zero filled the memory
+    with deadline(60):
+        status, _, err = main_in_process(argv, work, capsys, monkeypatch)
+    assert status == 2 and one_error_line(err) == f"sj-realspike: error: {message}"
+    assert leftovers(work) == ["out.fifo"]
+
+
+REPLACES_INPUT = "writing it would replace a file this command reads; choose another output name"
+BAD_OUTPUTS = [
+    (["run", "m.onnx", "--input", "x.npy", "-o", "x.npy"], f"-o x.npy is the input x.npy: {REPLACES_INPUT}"),
+    (["export", "d.bundle", "--trust", "nets", "-o", "d.bundle"],
+     f"-o d.bundle is the bundle d.bundle: {REPLACES_INPUT}"),
+    (["fold", "c.bundle", "--trust", "nets", "-o", "./c.bundle"],  # the same file by another name
+     f"-o ./c.bundle is the bundle c.bundle: {REPLACES_INPUT}"),
+    (["inspect", "c.bundle", "--trust", "nets", "--energy-plot", "c.bundle"],
+     f"--energy-plot c.bundle is the input c.bundle: {REPLACES_INPUT}"),
+    (["run", "m.onnx", "--input", "x.npy", "-o", "newdir/"],
+     "cannot write newdir/: a path ending in '/' names a directory; give a file name"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_OUTPUTS, ids=[f"{a[0]}-{i}" for i, (a, _) in enumerate(BAD_OUTPUTS)])
+def test_outputs_that_replace_an_input_or_name_a_directory_are_refused(work, argv, message, capsys, monkeypatch):
+    before = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()}
+    status, _, err = main_in_process(argv, work, capsys, monkeypatch)
+    assert status == 2 and one_error_line(err) == f"sj-realspike: error: {message}"
+    assert {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()} == before  # nothing replaced or added
+    assert not (work / "newdir").exists()
+
+
+def test_third_party_warnings_stay_off_stderr(tmp_path):
+    # torch.load warns in two lines ("Detected pickle protocol") before refusing a pickled checkpoint; a
+    # subprocess, because pytest records warnings instead of printing them
+    (tmp_path / "p.pt").write_bytes(pickle.dumps({"w": 1}, protocol=4))
+    r = cli_run("convert", *FACTORY, "--example-shape", "2,2,3,16,16", "--checkpoint", "p.pt", "-o", "out.bundle",
+                cwd=tmp_path)
+    assert one_error_line(r).startswith("sj-realspike: error: checkpoint p.pt is corrupt, truncated or not a "
+                                        "weights-only torch file")
+    assert not (tmp_path / "out.bundle").exists()
+
+
+def test_the_cli_shows_its_own_warnings_in_one_line_and_no_others(capsys):
+    from sj_realspike.console import own_warnings_only
+
+    with own_warnings_only():
+        warnings.warn("`torch.jit.script` is deprecated.\nPlease switch", FutureWarning)
+        warnings.warn("Model holds no spike amplitudes\n(was convert_model forgotten?)", NotConvertedWarning)
+    assert capsys.readouterr().err == ("sj-realspike: warning: Model holds no spike amplitudes (was convert_model "
+                                       "forgotten?)\n")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 import nets
 import pytest
 import torch
@@ -123,3 +126,47 @@ def test_config_drives_convert_model():
     # (channel), not from the weaker type rule.
     assert torch.equal(amplitude_of(model.get_submodule("b2.2")).a, torch.full((8, 1, 1), 0.5))
     assert amplitude_of(model.get_submodule("stem.2")) is None
+
+
+@pytest.mark.parametrize("pattern", ["(.*)*" * 16 + "Z", "(a+)+", r"layer(\.\d+)*", "(?:x|y*){2,}", "((a)+)+",
+                                     "(?=(a+))*"])
+def test_name_regex_with_nested_repetition_is_refused(pattern):
+    # re has no timeout: '(.*)*' * 16 + 'Z' backtracks for hours on a name without a Z
+    with pytest.raises(rs.ConfigError, match=rf"^name regex {re.escape(repr(pattern))} repeats a part that itself "
+                                             r"repeats \(like '\(a\+\)\*'\): matching it can take exponential time; "
+                                             r"write it with one level of repetition$"):
+        SpikeConfig().set_name_regex(pattern, None)
+
+
+def test_name_regex_limits_keep_ordinary_patterns():
+    for pattern in (r"layer4\.1\.sn2$", r"(layer[12])\.\d+\.sn1", "a{2,5}b*", "(ab)?c+", "(" * 300 + "a" + ")" * 300):
+        SpikeConfig().set_name_regex(pattern, None)
+    with pytest.raises(rs.ConfigError, match=r"^name regex 'x{40}'\.\.\. is 1,001 characters long, more than the "
+                                             r"1,000 allowed$"):
+        SpikeConfig().set_name_regex("x" * 1001, None)
+
+
+def test_recipe_regex_that_backtracks_is_refused_naming_the_entry(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('[[regex]]\npattern = "(.*)*Z"\n')
+    with pytest.raises(rs.ConfigError, match=rf"^recipe {re.escape(str(path))} \[\[regex\]\] #1: name regex "
+                                             r"'\(\.\*\)\*Z' repeats a part"):
+        SpikeConfig.from_file(path)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_init_is_refused(tmp_path, value):
+    path = tmp_path / "r.toml"
+    path.write_text(f"[global]\ninit = {value}\n")
+    with pytest.raises(rs.ConfigError, match=rf"^recipe {re.escape(str(path))} \[global\]: init must be a finite "
+                                             rf"number, got {value}$"):
+        SpikeConfig.from_file(path)
+    with pytest.raises(rs.ConfigError, match=rf"^init must be a finite number, got {value}$"):
+        SpikeSpec(init=float(value))
+
+
+def test_recipe_that_is_not_a_regular_file_is_refused_without_reading(tmp_path):
+    os.mkfifo(tmp_path / "r.toml")  # reading it would block
+    with pytest.raises(rs.ConfigError, match=rf"^recipe {re.escape(str(tmp_path / 'r.toml'))} is not a "
+                                             r"regular file$"):
+        SpikeConfig.from_file(tmp_path / "r.toml")

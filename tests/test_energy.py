@@ -180,3 +180,16 @@ def test_cli_inspect_energy(tmp_path, capsys):
     (tmp_path / "m.onnx").write_bytes(b"")
     assert main(["inspect", str(tmp_path / "m.onnx"), "--energy"]) == 2
     assert "--energy needs a bundle" in capsys.readouterr().err
+
+
+def test_report_leaves_the_users_live_neuron_state_as_it_was():
+    """A user mid-sequence keeps the membranes of the steps run so far: energy_report puts them back."""
+    x = nets.example("m")
+    model = rs.convert_model(nets.custom("shortcut", "LIF"), x)
+    with torch.no_grad():
+        model(x)
+    live = {name: m.v for name, m in model.named_modules() if isinstance(m, neuron.BaseNode)}
+    assert live and all(isinstance(v, torch.Tensor) for v in live.values())
+    rs.energy_report(model, x)
+    assert {name: m.v for name, m in model.named_modules() if isinstance(m, neuron.BaseNode)}.keys() == live.keys()
+    assert all(m.v is live[name] for name, m in model.named_modules() if isinstance(m, neuron.BaseNode))
