@@ -73,7 +73,7 @@ def _untranslated_op(gm: fx.GraphModule, error: BaseException) -> UnsupportedPat
     op = found.group(1)
     for node in gm.graph.nodes:
         name = node.target if node.op == "call_method" else getattr(node.target, "__name__", None)
-        if node.op in ("call_function", "call_method") and isinstance(name, str) and name.rstrip("_") == op:
+        if node.op in ("call_function", "call_method") and isinstance(name, str) and name.strip("_") == op.strip("_"):
             return UnsupportedPatternError(
                 node.name, f"torch.onnx has no ONNX translation of {name} (aten.{op}), which the deploy model "
                 "computes here", "Replace it with ops ONNX has, or compute it outside the exported network")

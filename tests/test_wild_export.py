@@ -144,6 +144,23 @@ def test_an_op_without_an_onnx_translation_is_named(tmp_path, stream, dim):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_stateful_module_a_time_flattened_export_would_run_once_is_refused(tmp_path):
+    # A single-step net stepped by the user: exported on [T*N, ...], the recurrent container ran once for all
+    # steps from a fresh state (ONNX 1.9 off the deploy model; only verify noticed).
+    from spikingjelly.activation_based import layer, neuron
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 32),
+                              layer.ElementWiseRecurrentContainer(neuron.LIFNode(), element_wise_function=torch.add),
+                              torch.nn.Linear(32, 32), neuron.LIFNode(), torch.nn.Linear(32, 10))
+    x = torch.randint(0, 9, (3, 2, 16)).float() / 4 * 3
+    deploy = rs.fold(rs.convert_model(net, x[0]))
+    with pytest.raises(rs.UnsupportedPatternError, match=r"node '1': ElementWiseRecurrentContainer keeps state "
+                                                         r"between time steps \(v, y\), and this single-step model is "
+                                                         r"exported on the time-flattened sequence"):
+        rs.export_onnx(deploy, tmp_path / "m.onnx", x)
+    assert not list(tmp_path.iterdir())
+
+
 class _BatchMixing(torch.nn.Module):
     """Single-step net whose forward subtracts the batch mean: exact on [N, ...], wrong on [T*N, ...]."""
 
