@@ -49,6 +49,9 @@ from .weights import (
 
 __all__ = ["Blocker", "FoldStats", "follow_amplitudes", "neuron_batch_dims"]
 
+_FUNCTIONAL_SYNAPSES = frozenset({torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d,
+                                  torch.nn.functional.linear, torch.conv1d, torch.conv2d, torch.conv3d})
+
 
 @dataclass(frozen=True)
 class Term:
@@ -208,6 +211,9 @@ class _Walker:
             return f"{what} was kept whole ({opaque[node.target]}), so nothing can be folded through it"
         if node.op == "call_module" and (computed := computed_weight(self.modules[node.target])) is not None:
             return f"{what} {computed}, so scaling its weight would not scale its input"
+        if node.op == "call_function" and node.target in _FUNCTIONAL_SYNAPSES:
+            return (f"{what} applies a weight tensor it is given (a functional conv/linear), and fold scales the "
+                    "weights of conv/linear modules only")
         return f"{what} consumes scaled spikes but is not linear in them (or not supported)"
 
     def _block(self, node: fx.Node, carried: list[fx.Node], reason: str, remedy: str) -> None:
@@ -411,6 +417,9 @@ class _Walker:
             if classify(source, self.modules) is OpKind.SPLIT:
                 dim, index = _split_slice(source, node.args[1], t.shape)
                 indices: tuple = (slice(None),) * dim + (index,)
+            elif node.target is torch.select or node.target == "select":  # x.select(d, i) is x[:, …, :, i]
+                dim, index = (list(node.args[1:]) + [node.kwargs.get("dim"), node.kwargs.get("index")])[:2]
+                indices = (slice(None),) * (dim % len(t.shape)) + (index,)
             else:
                 indices = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
             picked = _feature_index(indices, len(t.shape), t.batch_dims)
@@ -524,9 +533,9 @@ class _Walker:
     def _stack(self, node: fx.Node) -> None:
         """``stack([α ⊙ A₀, α ⊙ A₁, …], d)`` = ``α ⊙ stack(A₀, A₁, …)``: the same amplitude on every part.
 
-        Stacking along a batch/time position (the per-step outputs of a time loop, Norse's
-        ``Lift``) adds a batch dim; along a feature position the scale is broadcast over the
-        new dim. Parts must carry the same amplitudes with equal scales (an unscaled part,
+        Stacking along a batch/time position or right after them (the per-step outputs of a
+        time loop, Norse's ``Lift``) adds a batch dim; further into the features the scale is
+        broadcast over the new dim. Parts must carry the same amplitudes with equal scales (an unscaled part,
         or another neuron's spikes, would need a scale that differs along the new dim).
         """
         parts = node.args[0] if node.args else node.kwargs.get("tensors")
@@ -545,7 +554,9 @@ class _Walker:
                         "the same amplitude", "Stack the spikes of one neuron only")
         out_shape = self._shape(node)
         b, d = first.batch_dims, dim % len(out_shape)
-        if d <= b - 1 or b == 0:
+        # Right after the batch dims too: the same neuron's spikes from several calls are its time steps
+        # (TET's batch-first loop stacks x[:, t]'s spikes on dim 1, then flattens [N, T] into the batch).
+        if d <= b or b == 0:
             scale, batch_dims = first.scale, b + 1
         else:  # a new feature dim: the scale is the same along it
             scale, batch_dims = full_rank(first.scale, len(first.shape) - b).unsqueeze(d - b), b

@@ -120,6 +120,14 @@ def classify(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
     return OpKind.OTHER
 
 
+def _static_select(node: fx.Node) -> bool:
+    """A getitem, or a ``select`` with integer ``dim`` and ``index`` (positional or by keyword)."""
+    if node.target is operator.getitem:
+        return True
+    picked = (list(node.args[1:]) + [node.kwargs.get("dim"), node.kwargs.get("index")])[:2]
+    return all(isinstance(v, int) for v in picked)
+
+
 def _two_tensors(node: fx.Node) -> bool:
     return len(node.args) == 2 and not node.kwargs and all(isinstance(a, fx.Node) for a in node.args)
 
@@ -143,7 +151,7 @@ _CALLS: tuple[tuple[OpKind, frozenset, frozenset, Callable[[fx.Node], bool] | No
         (OpKind.PERMUTE, _PERMUTE_FUNCS, _PERMUTE_METHODS, None),
         (OpKind.MEAN, _MEAN_FUNCS, _MEAN_METHODS, lambda n: _reduced_dims(n) is not None),
         (OpKind.SPLIT, _SPLIT_FUNCS, _SPLIT_METHODS, None),
-        (OpKind.GETITEM, (operator.getitem,), (), None),
+        (OpKind.GETITEM, (operator.getitem, torch.select), ("select",), _static_select),
         (OpKind.CAT, (torch.cat, torch.concat, torch.concatenate), (), None),
         (OpKind.STACK, (torch.stack,), (), None),
         (OpKind.MATMUL, _MATMUL_FUNCS, ("matmul",), None),

@@ -561,3 +561,53 @@ def test_element_amplitude_into_a_transposed_conv_is_skipped():
         "n1": f"element-wise amplitude into 'head' (Conv3d): {only}",
         "n2": f"element-wise amplitude into 'up' (ConvTranspose2d): {only}",
         "n3": f"element-wise amplitude into 'head' (Conv3d): {only}"}
+
+
+class _BatchFirstLIFSpike(nn.Module):
+    """TET's authors' LIFSpike on a batch-first ``[N, T, …]`` input: a single-step neuron called on each
+    ``x.select(1, t)``, the spikes stacked back on dim 1 and flattened with the batch for the next conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.node, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), neuron.LIFNode(tau=2.0), \
+            nn.Conv2d(4, 2, 3, padding=1)
+
+    def forward(self, x):  # [N, T, C, H, W]
+        y = self.conv1(x.flatten(0, 1)).view(*x.shape[:2], 4, *x.shape[3:])
+        self.node.reset()
+        s = torch.stack([self.node(y.select(1, t)) for t in range(y.shape[1])], dim=1)
+        return self.conv2(s.flatten(0, 1)).mean((1, 2, 3))
+
+
+@pytest.mark.parametrize("net, layout", [
+    (_BatchFirstLIFSpike, "N,T,C,H,W"),
+    (lambda: nn.Sequential(layer.Conv2d(3, 4, 3, padding=1), neuron.LIFNode(tau=2.0),
+                           layer.MultiStepContainer(nn.AvgPool2d(2)), layer.Flatten(), layer.Linear(64, 2)), None),
+])
+def test_per_step_slices_of_spikes_fold(net, layout):
+    # Spikes stacked right after the batch dim are time steps (TET: "flatten mixes batch and features" before);
+    # MultiStepContainer's per-step x.select(0, t) is a slice ("'select' is not linear" before).
+    torch.manual_seed(0)
+    net = net()
+    if layout is None:  # the Sequential: multi-step
+        functional.set_step_mode(net, "m")
+    x = torch.rand(2, 2, 3, 8, 8) * 4
+    model = rs.convert_model(net, x, input_layout=layout)
+    assert len(rs.conversion_report(model).converted) == 1
+    _fold_exact(model, x)
+
+
+def test_a_functional_conv_after_a_neuron_is_named_as_such():
+    # MS-ResNet's Snn_Conv2d loops over T with F.conv2d on its own weight: "not linear in them" was untrue.
+    class FunctionalConv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sn, self.weight = neuron.IFNode(step_mode="m"), nn.Parameter(torch.randn(2, 3, 3, 3))
+
+        def forward(self, x):
+            s = self.sn(x)
+            return torch.stack([F.conv2d(s[t], self.weight) for t in range(s.shape[0])])
+
+    report = rs.conversion_report(rs.convert_model(FunctionalConv(), torch.rand(2, 2, 3, 8, 8) * 4))
+    assert report.skipped[0].reason.startswith("'conv2d' (conv2d) applies a weight tensor it is given (a functional "
+                                               "conv/linear), and fold scales the weights of conv/linear modules only")
