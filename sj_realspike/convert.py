@@ -26,7 +26,7 @@ from .flow import Blocker, FoldStats, follow_amplitudes, neuron_batch_dims
 from .ops import OpKind, classify
 from .frameworks import framework_of, invalidate, neuron_adapter, reset, step_mode
 from .layout import sequence_layout
-from .neurons import is_neuron, is_ternary, ternary_problem, to_ternary
+from .neurons import is_neuron, is_ternary, kept_module_around, ternary_problem, to_ternary
 from .recognise import amplitude_problem, is_spiking_module, spike_output_problem
 from .recurrent import internal_synapse_problem
 from .report import ConversionReport, ConvertedNeuron, SkippedNeuron, set_record
@@ -169,6 +169,16 @@ def _plan(result: CaptureResult, config: SpikeConfig, default: SpikeSpec, device
             calls.setdefault(node.target, []).append(node)
     report.total = len(calls)
     report.calls = {t: len(nodes) for t, nodes in calls.items() if len(nodes) > 1}
+    for target, module in modules.items():  # neurons a kept module calls itself (recurrent containers)
+        if target not in calls and is_neuron(module) and (outer := kept_module_around(gm, target)) is not None:
+            report.total += 1
+            spec, rule = config.resolve(target, module, default)
+            if spec is None:
+                report.untouched.append(target)
+                continue
+            _skip_or_raise(report, target, module, rule,
+                           f"it runs inside '{outer}' ({type(modules[outer]).__name__}), which is kept whole and calls "
+                           "it itself, once per step, so no amplitude can be inserted after it")
     # From here on, each call is the node holding its spikes (a (spk, mem) call: its spike item).
     called, calls = calls, {t: spike_nodes(nodes, modules[t]) for t, nodes in calls.items()}
 

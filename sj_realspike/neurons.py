@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch.nn as nn
 
 from .errors import UnsupportedPatternError
-from .frameworks import adapters, is_neuron, is_spiking_module, is_ternary, neuron_adapter
+from .frameworks import adapters, is_leaf, is_neuron, is_spiking_module, is_ternary, neuron_adapter
 from .frameworks import step_mode as neuron_step_mode
 
 __all__ = [
     "is_neuron",
     "is_ternary",
+    "kept_module_around",
     "step_mode_of",
     "ternary_problem",
     "to_ternary",
@@ -45,7 +46,8 @@ def step_mode_of(model: nn.Module) -> str:
         UnsupportedPatternError: no neurons, or neurons in both step modes.
     """
     neurons = {name: m for name, m in model.named_modules() if is_neuron(m)}
-    modes = {name: neuron_step_mode(m) for name, m in neurons.items()}
+    own = {name: m for name, m in neurons.items() if kept_module_around(model, name) is None}
+    modes = {name: neuron_step_mode(m) for name, m in (own or neurons).items()}
     if not modes:
         _refuse_unsupported_spiking(model)
         raise UnsupportedPatternError(type(model).__name__, "the model has no spiking neurons",
@@ -58,6 +60,17 @@ def step_mode_of(model: nn.Module) -> str:
             single[0], f"neurons run in both step modes (single-step: {', '.join(single)}, …)",
             "Use one step mode for the whole network" + (f": {switch} before convert_model" if switch else ""))
     return next(iter(modes.values()))
+
+
+def kept_module_around(model: nn.Module, path: str) -> str | None:
+    """The module capture keeps whole that the neuron at ``path`` runs inside (``None``: none), which steps it.
+
+    SpikingJelly's recurrent containers call their neuron one step at a time in either step mode
+    of their own (they feed its output back): its step mode is theirs to choose, not the model's.
+    """
+    parts = path.split(".")
+    return next((outer for outer in (".".join(parts[:i]) for i in range(1, len(parts)))
+                 if is_leaf(m := model.get_submodule(outer)) and not is_neuron(m)), None)
 
 
 def _refuse_unsupported_spiking(model: nn.Module) -> None:

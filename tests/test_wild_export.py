@@ -161,6 +161,29 @@ def test_a_stateful_module_a_time_flattened_export_would_run_once_is_refused(tmp
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("container", ["LinearRecurrentContainer", "ElementWiseRecurrentContainer"])
+def test_a_multi_step_net_with_a_recurrent_container_exports_exactly(tmp_path, container):
+    # The container calls its neuron one step at a time in either step mode: export refused "neurons run in
+    # both step modes", with a remedy (set_step_mode 'm') the user had applied; convert counted 0 of 0.
+    from spikingjelly.activation_based import functional, layer, neuron
+    torch.manual_seed(0)
+    kind = getattr(layer, container)
+    inner = kind(neuron.LIFNode(), 32, 32) if container.startswith("Linear") else \
+        kind(neuron.LIFNode(), element_wise_function=torch.add)
+    net = torch.nn.Sequential(layer.Linear(16, 32), inner, layer.Linear(32, 32), neuron.LIFNode(), layer.Linear(32, 10))
+    functional.set_step_mode(net, "m")
+    x = torch.randint(0, 9, (3, 2, 16)).float() / 4 * 3
+    model = rs.convert_model(net, x)
+    report = rs.conversion_report(model)
+    assert [c.module for c in report.converted] == ["3"] and report.total == 2
+    assert report.skipped[0].reason == (f"it runs inside '1' ({container}), which is kept whole and calls it itself, "
+                                        "once per step, so no amplitude can be inserted after it")
+    make_dyadic(model, x)
+    rs.export_onnx(rs.fold(model), tmp_path / "m.onnx", x)
+    verdict = rs.verify(model, tmp_path / "m.onnx", x)
+    assert verdict.ok and verdict.bit_identical, str(verdict)
+
+
 class _BatchMixing(torch.nn.Module):
     """Single-step net whose forward subtracts the batch mean: exact on [N, ...], wrong on [T*N, ...]."""
 
