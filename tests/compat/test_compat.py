@@ -55,12 +55,14 @@ SNNTORCH_NETWORKS = [  # (row, neurons converted, neurons found): each last laye
 
 @pytest.mark.slow
 def test_a_snntorch_network_where_nothing_converts_is_refused_not_passed(tmp_path):
-    # SLSTM is not a neuron sj_realspike converts and the Leaky after it feeds the output: fold and export are
-    # exact, but with nothing converted there was nothing to fold, so the cell must not read "pass".
+    # SLSTM is not a neuron sj_realspike converts and the Leaky after it feeds the output: nothing converted,
+    # so the cell must not read "pass"; and export refuses the SLSTM, whose state a time-flattened graph would
+    # not carry across the steps.
     pytest.importorskip("snntorch")
     result = run_cell(_cell("snntorch", "slstm_fc"), tmp_path)
     assert (result.status, result.converted, result.total) == ("refused", 0, 2)
-    assert result.note == "nothing converted: none of the 2 neuron(s) could be given an amplitude"
+    assert result.note.startswith("node '2': SLSTM keeps state between time steps (mem, syn), and this single-step "
+                                  "model is exported on the time-flattened sequence")
     assert "1× SLSTM emits spikes but sj_realspike supports the snnTorch neurons" in result.skipped
 
 
