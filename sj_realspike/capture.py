@@ -267,7 +267,14 @@ class ConcreteTracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-        path = self.path_of_module(m)
+        try:
+            path = self.path_of_module(m)
+        except NameError:
+            if is_leaf(m) or next(m.parameters(), None) is not None or next(m.buffers(), None) is not None:
+                raise  # a neuron or weights the model does not hold: the enclosing module is kept whole
+            # A module made inside forward, without weights (SpikeDHS makes layer.SeqToANNContainer(Nearest(size))
+            # on every call): what its forward computes is the calling forward's own code, traced as such.
+            return forward(*args, **kwargs)
         if self.is_leaf_module(m, path):
             out = super().call_module(m, forward, args, kwargs)
             value = out.concrete if isinstance(out, ConcreteProxy) else None

@@ -611,3 +611,25 @@ def test_a_functional_conv_after_a_neuron_is_named_as_such():
     report = rs.conversion_report(rs.convert_model(FunctionalConv(), torch.rand(2, 2, 3, 8, 8) * 4))
     assert report.skipped[0].reason.startswith("'conv2d' (conv2d) applies a weight tensor it is given (a functional "
                                                "conv/linear), and fold scales the weights of conv/linear modules only")
+
+
+class _MadeInForward(nn.Module):
+    """SpikeDHS's cells make ``layer.SeqToANNContainer(Nearest(size))`` on every call: a module without weights,
+    created in ``forward``, between the spikes and the next conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.n1 = layer.Conv2d(3, 4, 3, padding=1), neuron.IFNode()
+        self.c2, self.n2 = layer.Conv2d(4, 4, 3, padding=1), neuron.LIFNode(tau=2.0)
+        self.flat, self.fc = layer.Flatten(), layer.Linear(4 * 16 * 16, 2)
+
+    def forward(self, x):
+        up = layer.SeqToANNContainer(nn.Upsample(size=(16, 16)))
+        return self.fc(self.flat(self.n2(self.c2(up(self.n1(self.c1(x)))))))
+
+
+def test_a_module_made_in_forward_without_weights_is_traced_through():
+    # Its call raised "module is not installed as a submodule": the whole model was kept whole, 0 converted.
+    model, x = _convert_images(_MadeInForward(), granularity="channel")
+    assert _converted(rs.conversion_report(model)) == {"n1", "n2"}
+    _fold_exact(model, x)
