@@ -47,7 +47,7 @@ from .convert import convert_model
 from .errors import RealSpikeError
 from .frameworks import adapters, framework_of, reset
 from .fold import fold
-from .report import record_of
+from .report import compiled_original, record_of
 
 __all__ = ["BundleError", "save_bundle", "load_bundle", "read_manifest", "validate_manifest", "build_model",
            "resolve_kwargs"]
@@ -473,6 +473,7 @@ def save_bundle(model: nn.Module, path: str | Path, *, factory: str | None = Non
         BundleError: the model is not converted, its factory is unknown, or the manifest
             would not pass the checks `load_bundle` makes.
     """
+    model = compiled_original(model)
     manifest = manifest_for(model, factory, kwargs)
     try:
         text = json.dumps(manifest, indent=2, sort_keys=True)

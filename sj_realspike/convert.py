@@ -29,7 +29,7 @@ from .layout import sequence_layout
 from .neurons import is_neuron, is_ternary, kept_module_around, ternary_problem, to_ternary
 from .recognise import amplitude_problem, is_spiking_module, spike_output_problem
 from .recurrent import internal_synapse_problem
-from .report import ConversionReport, ConvertedNeuron, SkippedNeuron, set_record
+from .report import ConversionReport, ConvertedNeuron, SkippedNeuron, compiled_original, set_record
 from .spiking import AmplitudeNeuron, attach_amplitude, base_class
 from .state import copy_model
 
@@ -101,6 +101,7 @@ def convert_model(
         UnsupportedPatternError: ``net`` is already converted, the example input does not
             run through it, or a neuron named in ``config`` cannot be converted exactly.
     """
+    net = compiled_original(net)  # torch.compile'd: the network it wraps
     for name, m in net.named_modules():
         if isinstance(m, (Amplitude, AmplitudeNeuron)):
             raise UnsupportedPatternError(

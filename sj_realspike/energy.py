@@ -33,7 +33,7 @@ from .amplitude import Amplitude, amplitude_parameters
 from .atomic import atomic_write
 from .frameworks import reset, set_state, state_of, step_mode
 from .neurons import is_neuron
-from .report import format_table, record_of
+from .report import compiled_original, format_table, record_of
 from .synapses import DiagonalSynapse, UnsharedConv2d
 
 __all__ = ["E_AC_PJ", "E_MAC_PJ", "EnergyReport", "LayerEnergy", "ModelEnergy", "count_synaptic_ops",
@@ -246,6 +246,7 @@ def energy_report(model: nn.Module, x: torch.Tensor, *, e_ac_pj: float = E_AC_PJ
     Raises:
         UnsupportedPatternError: a converted model that fold refuses.
     """
+    model = compiled_original(model)
     converted = any(isinstance(m, Amplitude) for m in model.modules())
     samples = x.shape[1] if _step_mode(model) == "m" and x.dim() > 1 else x.shape[0]
     costs = {"AC": e_ac_pj, "AC±": e_ac_pj, "MAC": e_mac_pj}

@@ -28,7 +28,7 @@ from .lowering import lower_for_export
 from .neurons import step_mode_of
 from .provenance import remember_export
 from .neurons import is_neuron, is_ternary
-from .report import record_of
+from .report import compiled_original, record_of
 from .state import copy_model
 from .stream import STATE_IN, STATE_OUT, lower_for_stream
 from .torchlib_cache import cached_torchlib_registry
@@ -210,6 +210,7 @@ def export_onnx(deploy_model: nn.Module, path: str | os.PathLike[str], example_i
     """
     if opset is not None:
         check_opset(opset)
+    deploy_model = compiled_original(deploy_model)
     x = _check_example(example_input)
     layout = input_layout_of(deploy_model, x)
     layout.check(x, record_of(deploy_model).get("example_shape"))

@@ -18,7 +18,7 @@ from .frameworks import invalidate, reset, step_mode
 from .neurons import is_neuron, is_ternary
 from .ops import OpKind, classify, computed_weight, scalar_factor
 from .recurrent import fold_internal_synapses
-from .report import FoldReport, record_of, set_record
+from .report import FoldReport, compiled_original, record_of, set_record
 from .spiking import AMPLITUDE_ATTR, AmplitudeNeuron, detach_amplitude
 from .state import copy_model
 from .weights import fuse_conv_bn_weights, fuse_linear_bn_weights
@@ -65,6 +65,7 @@ def fold(model: nn.Module, *, inplace: bool = False,
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         raise UnsupportedPatternError(type(model).__name__, "a data-parallel wrapper cannot be folded",
                                       "Fold the wrapped model on one rank: sj_realspike.fold(model.module)")
+    model = compiled_original(model)
     record = record_of(model)
     if record.get("stage") == "deploy":
         return model if inplace else copy_model(model)
@@ -163,6 +164,9 @@ def example_for(model: nn.Module, record: dict, example_input: torch.Tensor | No
         raise ValueError(f"fold needs example_input= to capture this {type(model).__name__}: it was not "
                          "produced by sj_realspike.convert_model (which records the example's shape)")
     dtype = getattr(torch, record.get("example_dtype") or "float32")
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if dtype.is_floating_point and weight is not None:
+        dtype = weight.dtype  # the model may have been cast (model.half()) since it was converted
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     return torch.zeros(shape, dtype=dtype, device=device)
 

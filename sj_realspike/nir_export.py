@@ -55,7 +55,7 @@ from .frameworks import Refusal, adapter_for, adapters, identity_types, neuron_a
 from .layout import input_layout_of
 from .neurons import is_neuron, step_mode_of
 from .ops import computed_weight, describe
-from .report import record_of
+from .report import compiled_original, record_of
 from .synapses import DiagonalSynapse, UnsharedConv2d
 from .tracing import propagate_shapes
 
@@ -120,6 +120,7 @@ def export_nir(deploy_model: nn.Module, path: str | os.PathLike[str] | None, exa
         ValueError: ``dt`` is not positive.
     """
     nir, _ = _require_nir()
+    deploy_model = compiled_original(deploy_model)
     if dt <= 0:
         raise ValueError(f"dt must be positive, got {dt}")
     example_input = _one_call(deploy_model, example_input)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,8 +11,8 @@ import torch.nn as nn
 
 from .console import format_table
 
-__all__ = ["record_of", "set_record", "ConvertedNeuron", "SkippedNeuron", "ConversionReport", "FoldReport", "conversion_report",
-           "fold_report", "format_table"]
+__all__ = ["compiled_original", "record_of", "set_record", "ConvertedNeuron", "SkippedNeuron", "ConversionReport",
+           "FoldReport", "conversion_report", "fold_report", "format_table"]
 
 META_KEY = "sj_realspike"
 
@@ -120,12 +121,27 @@ class FoldReport:
 _ATTR = "_sj_realspike_record"
 
 
+def compiled_original(model: nn.Module) -> nn.Module:
+    """The module ``torch.compile`` wrapped (``OptimizedModule._orig_mod``), or ``model`` itself.
+
+    A compiled model shares the original's parameters, buffers and neurons; the passes read
+    and copy the original. (Checked without importing ``torch._dynamo``: a compiled model
+    means it is loaded.)
+    """
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    if eval_frame is not None and isinstance(model, eval_frame.OptimizedModule):
+        return model._orig_mod
+    return model
+
+
 def record_of(model: nn.Module) -> dict[str, Any]:
     """What sj_realspike's passes recorded on ``model`` (stage, reports, example shape…); ``{}`` if none.
 
     Deploy models are ``fx.GraphModule``s and keep it in ``model.meta``; converted models
     are the user's own class and keep it in an instance attribute (copied with the model).
+    A ``torch.compile``d model's record is its original's.
     """
+    model = compiled_original(model)
     if isinstance(model, fx.GraphModule) and META_KEY in model.meta:
         return model.meta[META_KEY]
     return model.__dict__.get(_ATTR, {})

@@ -23,7 +23,7 @@ from .neurons import step_mode_of
 from .neurons import is_neuron
 from .provenance import first_difference, was_exported
 from .purity import SpikeTensor, Violation, spike_tensors, static_violations
-from .report import format_table, record_of
+from .report import compiled_original, format_table, record_of
 from .runtime import OnnxRunner
 
 __all__ = ["DEFAULT_RTOL", "Comparison", "NeuronCheck", "VerifyReport", "exciting_input", "verify"]
@@ -310,6 +310,7 @@ def verify(model: nn.Module, onnx_path: str | os.PathLike[str], x: torch.Tensor 
         ValueError: ``x`` does not fit the ONNX model or the model (expected vs given
             shape/dtype), or ``rtol`` is not a finite number ≥ 0.
     """
+    model = compiled_original(model)
     if not (isinstance(rtol, (int, float)) and math.isfinite(rtol) and rtol >= 0):
         raise ValueError(f"rtol must be a finite number >= 0, got {rtol!r}")
     path = os.fspath(onnx_path)

@@ -249,6 +249,32 @@ def test_data_parallel_wrapper_is_refused_with_remedy():
         rs.fold(nn.DataParallel(model))
 
 
+def test_a_torch_compiled_model_is_the_model_it_wraps(tmp_path):
+    # The README trains converted models under torch.compile: fold, reports and export said the compiled model
+    # was "not produced by convert_model" or that its forward "takes no positional argument".
+    x = nets.example("m")
+    model = rs.convert_model(nets.custom("pool", "IF"), x)
+    make_dyadic(model, x)
+    compiled = torch.compile(model)
+    assert len(rs.conversion_report(compiled).converted) == len(rs.conversion_report(model).converted) > 0
+    deploy = rs.fold(compiled)
+    assert torch.equal(run(deploy, x), run(rs.fold(model), x))
+    rs.export_onnx(compiled, tmp_path / "m.onnx", x)
+    assert rs.verify(compiled, tmp_path / "m.onnx", x).ok
+    assert len(rs.conversion_report(rs.convert_model(torch.compile(nets.custom("pool", "IF")), x)).converted) > 0
+
+
+def test_a_model_cast_to_half_after_conversion_folds_on_its_own_dtype():
+    # The default example (zeros of the recorded float32 shape) met float16 weights: "Pass an example input
+    # shaped like a training batch", blaming the shape of an input the user never gave.
+    x = nets.example("m")
+    model = rs.convert_model(nets.custom("pool", "IF"), x)
+    make_dyadic(model, x)
+    deploy = rs.fold(model.half())
+    assert next(deploy.parameters()).dtype == torch.float16
+    assert torch.equal(run(deploy, x.half()), run(model, x.half()))
+
+
 class _ConstantFactorNet(nn.Module):
     """conv → IF → ``factor · s`` → max-pool → conv → IF → linear; ``sn1`` is kept binary by the config."""
 
