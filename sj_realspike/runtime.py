@@ -27,6 +27,11 @@ _NUMPY_OF_ONNX = {"tensor(float)": np.float32, "tensor(double)": np.float64, "te
                   "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
+def _allowed_cpus() -> int:
+    """Logical CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def physical_cores() -> int:
     """Physical CPU cores this process may run on (hyper-threads do not speed up GEMMs).
 
@@ -60,19 +65,25 @@ class OnnxRunner:
 
     Args:
         path: an ``.onnx`` file (or an in-memory ``onnx.ModelProto``).
-        threads: intra-op threads (default: `physical_cores`).
+        threads: intra-op threads (default: `physical_cores`), at most the logical CPUs this
+            process may run on (more only contend for them; thousands exhaust the machine).
         providers: onnxruntime execution providers (default: CPU).
         spinning: let idle worker threads spin (lower latency, busy cores).
         optimize: onnxruntime graph optimizations (``False`` runs the graph exactly as stored).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a model onnxruntime can load (message from onnxruntime),
-            or it has several inputs and is not a stream graph from `export_onnx`.
+        ValueError: ``threads`` is out of range, the file is not a model onnxruntime can load
+            (message from onnxruntime), or it has several inputs and is not a stream graph from
+            `export_onnx`.
     """
 
     def __init__(self, path: str | os.PathLike[str] | onnx.ModelProto, *, threads: int | None = None,
                  providers: Sequence[str] | None = None, spinning: bool = False, optimize: bool = True) -> None:
+        cpus = _allowed_cpus()
+        if threads is not None and not (isinstance(threads, int) and 1 <= threads <= cpus):
+            raise ValueError(f"threads must be an integer from 1 to {cpus} (the CPUs this process may run on), "
+                             f"got {threads!r}")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or physical_cores()
         opts.inter_op_num_threads = 1

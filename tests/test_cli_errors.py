@@ -100,6 +100,8 @@ BAD = [
     (["run", "m.onnx", "--input", "adir"], r"input adir is not a regular file"),
     (["run", "m.onnx", "--input", "x.npy", "--threads", "-3"], r"argument --threads: must be at least 1, got -3"),
     (["run", "m.onnx", "--input", "x.npy", "--threads", "two"], r"argument --threads: expected a positive integer"),
+    (["run", "m.onnx", "--input", "x.npy", "--threads", "20000"],  # 20,000 threads ran for many minutes
+     r"threads must be an integer from 1 to \d+ \(the CPUs this process may run on\), got 20000"),
     (["run", "m.onnx"], r"the following arguments are required: --input \(see sj-realspike run --help\)"),
     (["run", "m.onnx", "--input", "x.npy", "-o", "adir"], r"cannot write adir: it is a directory"),
     (["run", "m.onnx", "--input", "x.npy", "-o", "out.fifo"], r"cannot write out.fifo: it is a FIFO"),
