@@ -49,8 +49,9 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from .amplitude import Amplitude
 from .errors import UnsupportedPatternError
-from .frameworks import adapters, is_container, is_leaf, is_spiking_module, set_state, spike_index, state_of
+from .frameworks import adapters, is_container, is_leaf, is_spiking_module, spike_index, state_of
 from .frameworks import reset as reset_state
+from .state import restore, snapshot
 from .synapses import DiagonalSynapse, UnsharedConv2d
 
 __all__ = ["CONCRETE", "OPAQUE_KEY", "CaptureResult", "ConcreteTracer", "capture", "check_generality"]
@@ -289,7 +290,7 @@ class ConcreteTracer(fx.Tracer):
                 out = self.create_proxy("call_module", self.after[path], (out,), {})
             return out
         mark = list(self.graph.nodes)[-1] if len(self.graph.nodes) else None
-        state = _snapshot(m)
+        state = snapshot(m)
         calls = dict(self.calls)
         try:
             return super().call_module(m, forward, args, kwargs)
@@ -297,7 +298,7 @@ class ConcreteTracer(fx.Tracer):
             raise
         except Exception as e:  # an untraceable forward: keep the module whole
             _erase_after(self.graph, mark)
-            _restore(state)
+            restore(state)
             self.calls = calls
             inside = [k for k, (p, _) in self.module_stack.items() if p == path or p.startswith(path + ".")]
             for key in inside[::-1]:
@@ -407,32 +408,6 @@ def _is_shape_query(kind: str, target: Any, args: tuple) -> bool:
     return kind == "call_method" and target in _SHAPE_METHODS
 
 
-_Snapshot = list[tuple[nn.Module, dict[str, Any], dict[str, Any]]]
-
-
-def _snapshot(m: nn.Module) -> _Snapshot:
-    """The framework state and the attributes (``vars``) of ``m`` and every module inside it."""
-    return [(sub, state_of(sub), dict(vars(sub))) for sub in m.modules()]
-
-
-def _restore(saved: _Snapshot) -> None:
-    """Undo what a trace did to the modules `_snapshot` saw: their framework state and attribute writes.
-
-    A module traced through runs its ``forward`` on proxies, so ``self.state = z.sum()``
-    (Norse's ``RegularizationCell``, a user's ``self.last = x``) stores a proxy: left there it
-    breaks the next call or capture of the model (a ``RecursionError`` far from the cause).
-    Attributes added while tracing are removed, replaced ones put back; the parameter, buffer
-    and submodule dicts are the same objects, so their contents are untouched.
-    """
-    for sub, state, attributes in saved:
-        if state:
-            set_state(sub, state)
-        current = vars(sub)
-        for key in current.keys() - attributes.keys():
-            del current[key]
-        current.update(attributes)
-
-
 def _erase_after(graph: fx.Graph, mark: fx.Node | None) -> None:
     nodes = list(graph.nodes)
     start = 0 if mark is None else nodes.index(mark) + 1
@@ -479,7 +454,8 @@ def capture(model: nn.Module, example_input: Any, *, leaf: Callable[[nn.Module],
     concrete_args = {p.name: p.default for p in params if p.name not in inputs
                      and p.default is not inspect.Parameter.empty}
     tracer = ConcreteTracer(inputs, leaf, after, record)
-    saved = _snapshot(model)  # modes and attributes: what forward writes while traced holds proxies
+    # modes, and attributes forward writes (Norse RegularizationCell's self.state): traced, they hold proxies
+    saved = snapshot(model)
     model.eval()
     reset_state(model)
     try:
@@ -498,7 +474,7 @@ def capture(model: nn.Module, example_input: Any, *, leaf: Callable[[nn.Module],
             f"the model could not be captured ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
             "Report this network: its forward uses a construct even real-valued tracing cannot follow") from e
     finally:
-        _restore(saved)
+        restore(saved)
         reset_state(model)
     for node in gm.graph.nodes:
         node.meta.pop(CONCRETE, None)

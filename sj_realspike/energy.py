@@ -23,7 +23,6 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -31,9 +30,10 @@ import torch.nn.functional as F
 
 from .amplitude import Amplitude, amplitude_parameters
 from .atomic import atomic_write
-from .frameworks import reset, set_state, state_of, step_mode
+from .frameworks import reset, step_mode
 from .neurons import is_neuron
 from .report import compiled_original, format_table, record_of
+from .state import left_as_is
 from .synapses import DiagonalSynapse, UnsharedConv2d
 
 __all__ = ["E_AC_PJ", "E_MAC_PJ", "EnergyReport", "LayerEnergy", "ModelEnergy", "count_synaptic_ops",
@@ -281,42 +281,20 @@ def _count(model: nn.Module, x: torch.Tensor, label: str, samples: int, costs: d
     for name, m in model.named_modules():
         if isinstance(m, _SYNAPSES):
             hooks.append(m.register_forward_hook(hook(name)))
-    saved = _snapshot(model)
     try:
-        model.eval()
-        reset(model)
-        with torch.no_grad():
-            model(x)
+        with left_as_is(model):
+            model.eval()
+            reset(model)
+            with torch.no_grad():
+                model(x)
     finally:
         for h in hooks:
             h.remove()
-        _restore(saved)
     # fold names the copies of layer `l` it makes `l__<input>`; they count as `l`
     deploy = record_of(model).get("stage") == "deploy"
     return ModelEnergy(label, [
         LayerEnergy(name, name.split("__")[0] if deploy else name, kind, inputs, nonzero, ops, op, ops * costs[op])
         for name, (kind, inputs, nonzero, ops, op) in layers.items()], samples)
-
-
-_Snapshot = list[tuple[nn.Module, bool, dict[str, Any], dict[str, Any]]]
-
-
-def _snapshot(model: nn.Module) -> _Snapshot:
-    """What a counting run changes in each module: its training flag, its framework state (SpikingJelly's
-    ``_memories``, snnTorch's ``mem`` buffer: `state_of`) and its attributes (``v_seq``). The objects
-    themselves are kept, not copies, so the user's live state comes back as it was (autograd history too)."""
-    return [(m, m.training, state_of(m), dict(vars(m))) for m in model.modules()]
-
-
-def _restore(saved: _Snapshot) -> None:
-    """Put back what `_snapshot` saw; attributes the run added are removed."""
-    for m, training, state, attributes in saved:
-        set_state(m, state)
-        current = vars(m)
-        for key in current.keys() - attributes.keys():
-            del current[key]
-        current.update(attributes)
-        m.training = training
 
 
 def _op_type(x: torch.Tensor) -> str:

@@ -56,6 +56,7 @@ from .layout import input_layout_of
 from .neurons import is_neuron, step_mode_of
 from .ops import computed_weight, describe
 from .report import compiled_original, record_of
+from .state import left_as_is
 from .synapses import DiagonalSynapse, UnsharedConv2d
 from .tracing import propagate_shapes
 
@@ -124,10 +125,11 @@ def export_nir(deploy_model: nn.Module, path: str | os.PathLike[str] | None, exa
     if dt <= 0:
         raise ValueError(f"dt must be positive, got {dt}")
     example_input = _one_call(deploy_model, example_input)
-    gm = as_deploy_model(_spike_factors_converted(deploy_model, example_input), example_input)
-    batch_dims = 2 if step_mode_of(gm) == "m" else 1
-    propagate_shapes(gm, example_input)
-    graph = _GraphBuilder(gm, batch_dims, dt, nir).build()
+    with left_as_is(deploy_model):  # a deploy model is used as it is: its live state comes back
+        gm = as_deploy_model(_spike_factors_converted(deploy_model, example_input), example_input)
+        batch_dims = 2 if step_mode_of(gm) == "m" else 1
+        propagate_shapes(gm, example_input)
+        graph = _GraphBuilder(gm, batch_dims, dt, nir).build()
     from . import __version__  # at call time: the package sets it after importing this module
 
     graph.metadata = {"sj_realspike.dt": float(dt), "sj_realspike.step_mode": "m" if batch_dims == 2 else "s",

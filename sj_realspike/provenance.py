@@ -69,6 +69,10 @@ def first_difference(proto: onnx.ModelProto, reference: onnx.ModelProto) -> str 
                     f"({m.op_type}, outputs {list(m.output)})")
     if len(a.node) != len(b.node):
         return f"it has {len(a.node)} nodes, the export {len(b.node)}"
+    names = [t.name for t in a.initializer]
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        return f"initializer '{twice}' appears {names.count(twice)} times (a runtime may take any copy)"
     mine_init, theirs_init = _initializers(a), _initializers(b)
     for name in sorted(mine_init.keys() | theirs_init.keys()):
         if name not in theirs_init or name not in mine_init:
@@ -93,8 +97,9 @@ def _parts(proto: onnx.ModelProto):
         yield v.SerializeToString()
     for n in g.node:
         yield _node_bytes(n)
-    for name, array in sorted(_initializers(g).items()):
-        yield f"{name}|{array.dtype}|{array.shape}".encode()
+    for t in g.initializer:  # in file order, duplicates too: which copy a runtime takes is its own choice
+        array = numpy_helper.to_array(t)
+        yield f"{t.name}|{array.dtype}|{array.shape}".encode()
         yield array.tobytes()
 
 

@@ -85,6 +85,7 @@ class OnnxRunner:
             raise ValueError(f"threads must be an integer from 1 to {cpus} (the CPUs this process may run on), "
                              f"got {threads!r}")
         opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # errors reach the caller as exceptions; onnxruntime's own log stays off stderr
         opts.intra_op_num_threads = threads or physical_cores()
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

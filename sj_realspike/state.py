@@ -1,16 +1,20 @@
-"""Copying models whose neurons still hold state from a training step."""
+"""Copying models whose neurons still hold state from a training step, and leaving them as they were."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
 
-from .frameworks import state_of
+from .frameworks import set_state, state_of
 
-__all__ = ["copy_model", "detached_state_memo"]
+__all__ = ["Snapshot", "copy_model", "detached_state_memo", "left_as_is", "restore", "snapshot"]
+
+Snapshot = list[tuple[nn.Module, dict[str, Any], dict[str, Any]]]
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -42,3 +46,35 @@ def detached_state_memo(model: nn.Module) -> dict[int, Any]:
 def copy_model(model: M) -> M:
     """``copy.deepcopy(model)`` that also works right after a forward pass with gradients."""
     return copy.deepcopy(model, detached_state_memo(model))
+
+
+def snapshot(model: nn.Module) -> Snapshot:
+    """Each module's framework state (`state_of`: SpikingJelly's ``_memories``, snnTorch's ``mem``) and
+    attributes (``training``, ``v_seq``, what a ``forward`` stores): the objects themselves, not copies,
+    so that `restore` gives the user's live state back as it was, autograd history included."""
+    return [(m, state_of(m), dict(vars(m))) for m in model.modules()]
+
+
+def restore(saved: Snapshot) -> None:
+    """Put back what `snapshot` saw; attributes added since are removed.
+
+    The parameter, buffer and submodule dicts are the same objects, so their contents are
+    not rolled back: a pass that changes weights must work on a copy.
+    """
+    for m, state, attributes in saved:
+        if state:
+            set_state(m, state)
+        current = vars(m)
+        for key in current.keys() - attributes.keys():
+            del current[key]
+        current.update(attributes)
+
+
+@contextmanager
+def left_as_is(model: nn.Module) -> Iterator[None]:
+    """Run the body (which may reset, run or trace ``model``), then give ``model`` its state and attributes back."""
+    saved = snapshot(model)
+    try:
+        yield
+    finally:
+        restore(saved)

@@ -18,13 +18,14 @@ import torch.nn as nn
 from .errors import RealSpikeError
 from .export import ANY_T, METADATA_PREFIX, as_deploy_model, export_onnx, model_fingerprint, spike_kinds
 from .layout import input_layout_of, stack_steps
-from .frameworks import reset, run_steps, set_state, spikes_of, state_of
+from .frameworks import reset, run_steps, spikes_of
 from .neurons import step_mode_of
 from .neurons import is_neuron
 from .provenance import first_difference, was_exported
 from .purity import SpikeTensor, Violation, spike_tensors, static_violations
 from .report import compiled_original, format_table, record_of
 from .runtime import OnnxRunner
+from .state import restore, snapshot
 
 __all__ = ["DEFAULT_RTOL", "Comparison", "NeuronCheck", "VerifyReport", "exciting_input", "verify"]
 
@@ -494,9 +495,8 @@ def _count_nonfinite_array(a: np.ndarray) -> int:
 @torch.no_grad()
 def _run(model: nn.Module, x: torch.Tensor, steps: bool,
          record: dict[str, list[torch.Tensor]] | None = None) -> torch.Tensor:
-    """Eval-mode forward from reset state (stepped over ``T`` for single-step models); modes and state restored."""
-    modes = {m: m.training for m in model.modules()}
-    states = {m: state for m in model.modules() if (state := state_of(m))}  # the user's membranes, mid-sequence
+    """Eval-mode forward from reset state (stepped over ``T`` for single-step models); the model is left as it was."""
+    saved = snapshot(model)  # the user's membranes mid-sequence, v_seq, modes
     hooks = []
     if record is not None:
         for name, m in model.named_modules():
@@ -513,12 +513,9 @@ def _run(model: nn.Module, x: torch.Tensor, steps: bool,
         y = stack_steps(run_steps(model, xd)) if steps else model(xd)
     finally:
         reset(model)
-        for m, state in states.items():
-            set_state(m, state)
+        restore(saved)
         for h in hooks:
             h.remove()
-        for m, training in modes.items():
-            m.training = training
     return _as_one_tensor(y)
 
 

@@ -159,3 +159,17 @@ def test_unfusable_batchnorm_and_unknown_ops_are_refused():
         rs.export_nir(_plain(layer.Conv2d(3, 4, 3), neuron.IFNode(), Sigmoid()), None, x)
     with pytest.raises(ValueError, match="dt must be positive"):
         rs.export_nir(_plain(layer.Conv2d(3, 4, 3), neuron.IFNode()), None, x, dt=0.0)
+
+
+def test_export_leaves_a_deploy_models_live_state_as_it_was():
+    # A deploy model is used as it is: export_nir reset its membranes (v -> 0.0) and v_seq (-> None).
+    net = nn.Sequential(layer.Linear(8, 6), neuron.LIFNode(tau=2.0, store_v_seq=True), layer.Linear(6, 3))
+    functional.set_step_mode(net, "m")
+    x = torch.rand(3, 2, 8) * 4
+    deploy = rs.fold(rs.convert_model(net, x))
+    with torch.no_grad():
+        deploy(x)  # mid-stream
+    sn = deploy.get_submodule("1")
+    v, v_seq = sn.v, sn.v_seq
+    rs.export_nir(deploy, None, x)
+    assert sn.v is v and sn.v_seq is v_seq
