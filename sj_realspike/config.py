@@ -36,6 +36,7 @@ _GRANULARITIES = get_args(Granularity)
 # that could backtrack exponentially (a repeat inside a repeat, ``(.*)*``) or is longer than any
 # rule over module names needs is refused before it is compiled.
 MAX_REGEX_CHARS = 1000
+MAX_UNBOUNDED_REPEATS = 3
 _REPEATS = (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT, sre_parse.POSSESSIVE_REPEAT)
 
 
@@ -295,14 +296,19 @@ def _compile_name_regex(pattern: Any) -> re.Pattern[str]:
         compiled = re.compile(pattern)
     except (re.error, RecursionError, OverflowError) as e:
         raise ConfigError(f"invalid name regex {pattern!r}: {e}") from None
-    if _nested_repeat(sre_parse.parse(pattern)):
-        raise ConfigError(f"name regex {pattern!r} repeats a part that itself repeats (like '(a+)*'): matching "
-                          f"it can take exponential time; write it with one level of repetition")
+    parsed = sre_parse.parse(pattern)
+    if _nested_repeat(parsed):
+        raise ConfigError(f"name regex {pattern!r} repeats a part that itself repeats or branches (like '(a+)*' or "
+                          f"'(a|ab)*'): matching it can take exponential time; write it with one level of repetition")
+    if (unbounded := _unbounded_repeats(parsed)) > MAX_UNBOUNDED_REPEATS:
+        raise ConfigError(f"name regex {pattern!r} has {unbounded} unbounded repeats ('*', '+'), more than the "
+                          f"{MAX_UNBOUNDED_REPEATS} allowed: each one multiplies the ways a name can be split")
     return compiled
 
 
 def _nested_repeat(pattern: Any) -> bool:
-    """Whether a parsed pattern has a repeat that can match more than once inside another such repeat.
+    """Whether a parsed pattern has, inside a repeat that can match more than once, another such repeat
+    or a branch (``(a|ab)*``: the branches can split a name in many ways at every step).
 
     Walked with a stack, not recursion: a pattern may nest hundreds of groups.
     """
@@ -311,10 +317,20 @@ def _nested_repeat(pattern: Any) -> bool:
         items, inside_repeat = stack.pop()
         for op, av in items:
             repeats = op in _REPEATS and av[1] > 1
-            if repeats and inside_repeat:
+            if inside_repeat and (repeats or op is sre_parse.BRANCH):
                 return True
             stack.extend((sub, inside_repeat or repeats) for sub in _subpatterns(op, av))
     return False
+
+
+def _unbounded_repeats(pattern: Any) -> int:
+    """How many repeats without an upper bound a parsed pattern holds (``.*.*.*Z`` backtracks in ``n³``)."""
+    count, stack = 0, [pattern]
+    while stack:
+        for op, av in stack.pop():
+            count += op in _REPEATS and av[1] is sre_parse.MAXREPEAT
+            stack.extend(_subpatterns(op, av))
+    return count
 
 
 def _subpatterns(op: Any, av: Any) -> list[Any]:

@@ -129,13 +129,21 @@ def test_config_drives_convert_model():
 
 
 @pytest.mark.parametrize("pattern", ["(.*)*" * 16 + "Z", "(a+)+", r"layer(\.\d+)*", "(?:x|y*){2,}", "((a)+)+",
-                                     "(?=(a+))*"])
+                                     "(?=(a+))*", "(a|ab)*c", "(?:(a)|\\1)*Z"])
 def test_name_regex_with_nested_repetition_is_refused(pattern):
-    # re has no timeout: '(.*)*' * 16 + 'Z' backtracks for hours on a name without a Z
+    # re has no timeout: '(.*)*' * 16 + 'Z' backtracks for hours on a name without a Z, '(a|a)*b' too
     with pytest.raises(rs.ConfigError, match=rf"^name regex {re.escape(repr(pattern))} repeats a part that itself "
-                                             r"repeats \(like '\(a\+\)\*'\): matching it can take exponential time; "
-                                             r"write it with one level of repetition$"):
+                                             r"repeats or branches \(like '\(a\+\)\*' or '\(a\|ab\)\*'\): matching "
+                                             r"it can take exponential time; write it with one level of repetition$"):
         SpikeConfig().set_name_regex(pattern, None)
+
+
+def test_name_regex_with_many_unbounded_repeats_is_refused():
+    # '.*' twelve times then 'Z': polynomial, but of degree 12 (seconds on a 30-character name)
+    SpikeConfig().set_name_regex(r".*layer.*conv.*", None)
+    with pytest.raises(rs.ConfigError, match=r"^name regex '(\.\*){12}Z' has 12 unbounded repeats \('\*', '\+'\), "
+                                             r"more than the 3 allowed"):
+        SpikeConfig().set_name_regex(".*" * 12 + "Z", None)
 
 
 def test_name_regex_limits_keep_ordinary_patterns():
