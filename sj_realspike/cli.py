@@ -515,12 +515,13 @@ def _energy(path: Path, plot: str | None, trust: list[str]) -> str:
 
 def _describe_onnx(path: Path) -> str:
     import numpy as np
-    import onnx
+
+    from .runtime import load_onnx
 
     try:
-        model = onnx.load(str(path))
-    except Exception as e:  # onnx raises DecodeError and friends on corrupt files
-        raise CliError(f"{path} is not a readable ONNX model ({type(e).__name__})") from None
+        model = load_onnx(path)
+    except ValueError as e:
+        raise CliError(str(e)) from None
     ops: dict[str, int] = {}
     for node in model.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1

@@ -7,6 +7,7 @@ caller has torch, which keeps ``sj-realspike run`` and ``inspect`` of an ONNX fi
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -20,11 +21,60 @@ import onnxruntime as ort
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["OnnxRunner", "physical_cores"]
+__all__ = ["OnnxRunner", "check_external_data", "load_onnx", "physical_cores"]
 
 _PREFIX, _STATE_IN, _STATE_OUT = "sj_realspike.", "state_in.", "state_out."  # as sj_realspike.export writes them
 _NUMPY_OF_ONNX = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
                   "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """``onnx.load`` of a file whose external data `check_external_data` accepts.
+
+    Raises:
+        ValueError: see `check_external_data`; or the external data cannot be loaded.
+    """
+    path = Path(path)
+    proto = check_external_data(path)
+    try:
+        onnx.load_external_data_for_model(proto, str(path.parent))
+    except Exception as e:  # a location outside the folder, a missing file
+        raise ValueError(f"{path}: its external data cannot be loaded ({type(e).__name__}: {e})") from None
+    return proto
+
+
+def check_external_data(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """The model in ``path`` without its external data, once each external tensor is known to read its own size.
+
+    An initializer stored outside the file names a location, an offset and, optionally, a
+    length; without one, ``onnx.load`` reads to the end of that file, so a few bytes of ONNX
+    pointing at a large (or sparse) file fill the memory. Each external tensor must read
+    exactly ``prod(dims) · itemsize`` bytes.
+
+    Raises:
+        ValueError: an external tensor would read more or fewer bytes than it holds (or its
+            data cannot be found), or the file is not a readable ONNX model.
+    """
+    path = Path(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # DecodeError and friends on corrupt files
+        raise ValueError(f"{path} is not a readable ONNX model ({type(e).__name__})") from None
+    for t in proto.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        expected = math.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        try:
+            offset = int(info.get("offset", 0))
+            size = int(info["length"]) if "length" in info else \
+                (path.parent / info.get("location", "")).stat().st_size - offset
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: initializer '{t.name}' has unreadable external data ({e})") from None
+        if size != expected:
+            raise ValueError(f"{path}: initializer '{t.name}' would read {size:,} bytes of external data from "
+                             f"{info.get('location')!r}, but its {list(t.dims)} values hold {expected:,}")
+    return proto
 
 
 def _allowed_cpus() -> int:
@@ -100,6 +150,7 @@ class OnnxRunner:
             self.path = Path(path)
             if not self.path.is_file():
                 raise FileNotFoundError(f"no ONNX model at {self.path}")
+            check_external_data(self.path)
             source = str(self.path)
         try:
             self.session = ort.InferenceSession(source, opts, providers=list(providers or ["CPUExecutionProvider"]))

@@ -24,7 +24,7 @@ from .neurons import is_neuron
 from .provenance import first_difference, was_exported
 from .purity import SpikeTensor, Violation, spike_tensors, static_violations
 from .report import compiled_original, format_table, record_of
-from .runtime import OnnxRunner
+from .runtime import OnnxRunner, load_onnx
 from .state import restore, snapshot
 
 __all__ = ["DEFAULT_RTOL", "Comparison", "NeuronCheck", "VerifyReport", "exciting_input", "verify"]
@@ -315,7 +315,7 @@ def verify(model: nn.Module, onnx_path: str | os.PathLike[str], x: torch.Tensor 
     if not (isinstance(rtol, (int, float)) and math.isfinite(rtol) and rtol >= 0):
         raise ValueError(f"rtol must be a finite number >= 0, got {rtol!r}")
     path = os.fspath(onnx_path)
-    proto = onnx.load(path)
+    proto = load_onnx(path)
     runner = OnnxRunner(path)
     if x is not None:
         x = torch.as_tensor(x)

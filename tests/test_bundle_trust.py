@@ -513,3 +513,28 @@ def test_scope_metadata_that_exhausts_the_parser_is_ignored():
         node = helper.make_node("Relu", ["x"], ["y"])
         node.metadata_props.add(key="pkg.torch.onnx.name_scopes", value=value)
         assert purity._scope(node) == purity._Scope(None, False, "", "")
+
+
+def test_external_data_that_reads_past_its_tensor_is_refused_before_reading(tmp_path, capsys, monkeypatch):
+    # A 150-byte ONNX file naming a 1 GiB sparse file without a length: onnx.load read all of it (8 GB peak
+    # for a 4 GiB one) in inspect and verify before any check.
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    with open(tmp_path / "big.bin", "wb") as f:
+        f.truncate(2 ** 30)
+    w = numpy_helper.from_array(np.ones(8, np.float32), "w")
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    w.external_data.add(key="location", value="big.bin")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8])], [w])
+    onnx.save(helper.make_model(graph), tmp_path / "bomb.onnx")
+    message = r"bomb.onnx: initializer 'w' would read 1,073,741,824 bytes of external data from 'big.bin', " \
+              r"but its \[8\] values hold 32"
+    with pytest.raises(ValueError, match=message):
+        rs.OnnxRunner(tmp_path / "bomb.onnx")
+    status, _, err = main_in_process(["inspect", "bomb.onnx"], tmp_path, capsys, monkeypatch)
+    assert status == 2 and re.fullmatch(r"sj-realspike: error: .*" + message + r"\n", err), err
