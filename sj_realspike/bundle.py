@@ -30,7 +30,8 @@ import json
 import math
 import re
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
@@ -70,6 +71,9 @@ MAX_PICKLE_BYTES = 4 * MiB  # a 1 MiB manifest and ~10,000 tensor records; bound
 # than the rebuilt model's parameters and buffers.
 BUILD_SLACK = (4.0, 256 * MiB)
 DATA_SLACK = (1.5, 1 * MiB)
+# Submodules the counting build may register: SpikingJelly's largest zoo networks hold about a thousand.
+# Modules cost time and memory to build even on the meta device (a block count in the kwargs is one integer).
+MAX_BUILD_MODULES = 50_000
 
 
 class BundleError(RealSpikeError, ValueError):
@@ -670,8 +674,11 @@ def _check_build_size(reference: str, factory: Callable[..., Any], kwargs: dict[
     factory's module (then its real build still must match the weights).
     """
     try:
-        with _SizedOnMeta():
+        with _SizedOnMeta(), _module_budget(MAX_BUILD_MODULES):
             net = factory(**kwargs)
+    except _TooManyModules:
+        raise BundleError(f"the manifest's kwargs make '{reference}' build more than {MAX_BUILD_MODULES:,} modules "
+                          "(the largest zoo networks hold about a thousand), so it is not built") from None
     except Exception as e:  # the factory's own code, or a value read from a meta tensor
         if trusted:
             return
@@ -684,6 +691,28 @@ def _check_build_size(reference: str, factory: Callable[..., Any], kwargs: dict[
     if needed > BUILD_SLACK[0] * data_bytes + BUILD_SLACK[1]:
         raise BundleError(f"the manifest's kwargs make '{reference}' build {needed:,} bytes of parameters and "
                           f"buffers, but the bundle holds only {data_bytes:,} bytes of tensor data")
+
+
+class _TooManyModules(Exception):
+    """The counting build registered more submodules than `MAX_BUILD_MODULES`."""
+
+
+@contextmanager
+def _module_budget(limit: int) -> Iterator[None]:
+    """Raise `_TooManyModules` inside a build once it has registered more than ``limit`` submodules."""
+    count = 0
+
+    def registered(*_: Any) -> None:
+        nonlocal count
+        count += 1
+        if count > limit:
+            raise _TooManyModules
+
+    handle = nn.modules.module.register_module_module_registration_hook(registered)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _weight_bytes(model: nn.Module) -> int:

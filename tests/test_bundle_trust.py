@@ -538,3 +538,16 @@ def test_external_data_that_reads_past_its_tensor_is_refused_before_reading(tmp_
         rs.OnnxRunner(tmp_path / "bomb.onnx")
     status, _, err = main_in_process(["inspect", "bomb.onnx"], tmp_path, capsys, monkeypatch)
     assert status == 2 and re.fullmatch(r"sj-realspike: error: .*" + message + r"\n", err), err
+
+
+def test_kwargs_that_build_too_many_modules_are_refused_while_counting(tmp_path, monkeypatch):
+    # SEWResNet(layers=[40000, 1, 1, 1]) is one JSON integer: the counting build made 40,000 blocks on the meta
+    # device (61 s, 1.7 GB) before anything was counted.
+    monkeypatch.setattr("sj_realspike.bundle.MAX_BUILD_MODULES", 200)
+    kwargs = {"block": "spikingjelly.activation_based.model.sew_resnet.BasicBlock", "layers": [40, 1, 1, 1],
+              "cnf": "ADD", "spiking_neuron": IF_NODE}
+    path = write(tmp_path / "blocks.bundle",
+                 manifest(factory="spikingjelly.activation_based.model.sew_resnet:SEWResNet", kwargs=kwargs))
+    with pytest.raises(BundleError, match=r"kwargs make '.*:SEWResNet' build more than 200 modules \(the largest zoo "
+                                          r"networks hold about a thousand\), so it is not built$"):
+        rs.load_bundle(path)
