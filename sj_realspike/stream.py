@@ -146,7 +146,7 @@ def _refuse_state_outside_neurons(gm: fx.GraphModule, lowered: dict[str, nn.Modu
         if name in lowered:
             continue
         if isinstance(m, LoweredRecurrence):
-            source = type(model.get_submodule(name) if _has_module(model, name) else m).__name__
+            source = type(dict(model.named_modules()).get(name, m)).__name__  # the deploy model's neuron
             raise UnsupportedPatternError(
                 name, f"{source} is lowered with its recurrence inside one module, so a stream graph would "
                 "start it from rest at every step: only the lowered IF/LIF/PLIF neurons (and ternary twins) carry "
@@ -164,14 +164,6 @@ def _refuse_state_outside_neurons(gm: fx.GraphModule, lowered: dict[str, nn.Modu
                 name, f"{type(m).__name__} keeps state between time steps ({', '.join(memories)}), which a stream "
                 "graph cannot carry (only lowered neurons' membranes are inputs and outputs)",
                 "Export it unrolled (stream=False)")
-
-
-def _has_module(model: nn.Module, path: str) -> bool:
-    try:
-        model.get_submodule(path)
-    except AttributeError:
-        return False
-    return True
 
 
 def _membrane_shapes(gm: fx.GraphModule, x: torch.Tensor, mode: str, batch_dim: int,
